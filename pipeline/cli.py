@@ -1,0 +1,168 @@
+"""`python -m pipeline`: run, targets, calibrate, gate, verify, report, bench."""
+from __future__ import annotations
+
+import argparse
+import errno
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.errors import UserError
+
+OS_USER_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only",
+                  errno.EPERM: "operation not permitted"}
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(v) for v in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of numbers") from None
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a shape like 1,1,28,28") from None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit 2 like every other user error."""
+
+    def error(self, message: str):  # noqa: D401
+        raise UserError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m pipeline", description=__doc__)
+    p.add_argument("--version", action="version", version=f"edge-compress {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+
+    r = sub.add_parser("run", help="run the stages for one or more targets")
+    r.add_argument("--target", default="jetson", help="name(s) in targets/ or a .toml path; comma-separated")
+    r.add_argument("--model", default="default", help="default | FILE.py:FACTORY | MODEL.pt2 | MODEL.onnx")
+    r.add_argument("--weights", help="state_dict for FILE.py:FACTORY (loaded with weights_only=True)")
+    r.add_argument("--data", default=None, help="fashion-mnist (default) | FILE.npz | DIR")
+    r.add_argument("--input-shape", type=_ints, help="e.g. 1,1,28,28 (where the data cannot tell)")
+    r.add_argument("--mean", type=_floats, help="per-channel mean on the 0..1 scale, e.g. 0.5,0.5,0.5")
+    r.add_argument("--std", type=_floats, help="per-channel std on the 0..1 scale")
+    r.add_argument("--config", help="a TOML file of run settings (sections prune, distill, quantize, evaluate)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set distill.epochs=1 (repeatable)")
+    r.add_argument("--out", help="run folder (default runs/<model>-<targets>)")
+    r.add_argument("--until", help="stop after this stage (load, prune, distill, quantize, compile, evaluate, report)")
+    r.add_argument("--force", action="store_true", help="re-run every stage, ignoring the cache")
+    r.add_argument("--trust-model", action="store_true", help="allow executing a model file from outside the repo")
+
+    sub.add_parser("targets", help="list the target profiles")
+
+    c = sub.add_parser("calibrate", help="build a calibration set (with manifest) under calibration/")
+    c.add_argument("--data", default=None, help="fashion-mnist (default) | FILE.npz | DIR")
+    c.add_argument("--size", type=int, default=512)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--name", help="default <data>-<size>")
+    c.add_argument("--out-dir", default=None, help="default calibration/")
+
+    for sp in (r, c, *sub.choices.values()):
+        if not any(a.dest == "debug" for a in sp._actions):
+            sp.add_argument("--debug", action="store_true", help="show tracebacks")
+            sp.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def default_run_dir(model: str, targets) -> Path:
+    stem = "default" if model in ("", "default") else Path(model.split(":")[0]).stem
+    return Path("runs") / f"{stem}-{'+'.join(t.name for t in targets)}"
+
+
+def cmd_run(a) -> int:
+    from pipeline.config import build_run_config, load_targets
+    from pipeline.data import resolve_data
+    from pipeline.models import parse_spec
+    from pipeline.runner import Context, RunLock, log, run_stage, setup_logging
+    from pipeline.stages import ORDER, kind, plan
+
+    targets = load_targets(a.target)
+    cfg = build_run_config(a.config, {"model": a.model, "weights": a.weights, "data": a.data,
+                                      "input_shape": a.input_shape, "mean": a.mean, "std": a.std,
+                                      "trust_model": a.trust_model or None}, a.set)
+    spec = parse_spec(cfg.model, cfg.weights, cfg.trust_model)
+    if a.until and a.until not in ORDER:
+        raise UserError(f"--until {a.until}: no such stage", f"use one of {', '.join(ORDER)}")
+    run_dir = Path(a.out) if a.out else default_run_dir(cfg.model, targets)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to run folder {run_dir}: {e.strerror}", "pass --out with a writable folder") from None
+    with RunLock(run_dir):
+        setup_logging(run_dir, a.verbose)
+        log.info("edge-compress %s: model %s, targets %s, run folder %s", __version__, spec.label,
+                 ",".join(t.name for t in targets), run_dir)
+        ctx = Context(run_dir, cfg, targets, lambda: resolve_data(cfg.data, cfg.mean, cfg.std))
+        t0 = time.monotonic()
+        stages = plan(ctx, spec.trainable)
+        if not spec.trainable:
+            log.info("prune and distill skipped: %s models have no nn.Module layers to prune", spec.kind)
+        last = max((i for i, s in enumerate(stages) if kind(s.name) == a.until), default=len(stages) - 1)
+        for s in stages[: last + 1]:
+            run_stage(s, ctx, force=a.force)
+        for f in ("report.json", "report.md", "report.html"):
+            src = run_dir / "report" / f
+            if src.exists() and last >= len(stages) - 2:
+                shutil.copyfile(src, run_dir / f)
+        cached = sum(v == "cached" for v in ctx.statuses.values())
+        log.info("finished in %.1fs (%d stages ran, %d cached); report: %s", time.monotonic() - t0,
+                 len(ctx.statuses) - cached, cached, run_dir / "report.md")
+    return 0
+
+
+def cmd_targets(a) -> int:
+    from pipeline.config import available_targets, load_target
+    print(f"{'target':18} {'backend':12} {'precision':9} {'round_to':>8}  device")
+    for name in available_targets():
+        t = load_target(name)
+        print(f"{name:18} {t.backend:12} {t.precision:9} {t.round_to:>8}  {t.device.name}")
+    return 0
+
+
+def cmd_calibrate(a) -> int:
+    from pipeline import calibration
+    from pipeline.data import resolve_data
+    ds = resolve_data(a.data)
+    kwargs = {"out_dir": Path(a.out_dir)} if a.out_dir else {}
+    man = calibration.build(ds, a.size, a.seed, a.name, **kwargs)
+    print(f"wrote {man} and {man.with_suffix('.npy').name} ({a.size} samples of {ds.name}, seed {a.seed})")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "targets": cmd_targets, "calibrate": cmd_calibrate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.cmd](args)
+    except UserError as e:
+        if debug:
+            raise
+        print(e.line(), file=sys.stderr)
+        return 2
+    except OSError as e:
+        if debug or e.errno not in OS_USER_ERRORS:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"error: {OS_USER_ERRORS[e.errno]}{where} -- fix: free space or choose a writable --out, "
+              f"then run the same command again (finished stages are reused)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command to continue", file=sys.stderr)
+        return 130

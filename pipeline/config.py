@@ -1,0 +1,225 @@
+"""Typed, validated configuration: targets (TOML profiles) and the run config.
+
+Unknown keys are errors with the key named; CLI flags and `--set KEY=VALUE` override TOML values.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS_DIR = ROOT / "targets"
+CALIBRATION_DIR = ROOT / "calibration"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- targets
+class Budgets(Strict):
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the teacher, 0..1")
+    latency_ms: Optional[float] = Field(None, gt=0, description="p50 on the device")
+    max_size_mb: Optional[float] = Field(None, gt=0)
+    max_latency_regression_pct: float = Field(10.0, ge=0, description="gate: vs the baseline")
+
+
+class DeviceFacts(Strict):
+    name: str
+    peak_int8_tops: Optional[float] = Field(None, gt=0)
+    peak_fp16_tflops: Optional[float] = Field(None, gt=0)
+    memory_bandwidth_gbs: Optional[float] = Field(None, gt=0)
+    notes: str = ""
+
+
+class TensorRTOptions(Strict):
+    version: str = "10.3"
+    jetpack: Optional[str] = None
+    workspace_mb: int = Field(1024, gt=0)
+    fp16_fallback: bool = True
+    dla_core: Optional[int] = Field(None, ge=0)
+    gpu_fallback: bool = True
+    max_batch: int = Field(1, ge=1)
+
+
+class Target(Strict):
+    name: str
+    description: str = ""
+    backend: Literal["tensorrt", "tflite", "onnxruntime"]
+    precision: Literal["int8", "fp16", "fp32", "auto"] = "int8"
+    input_shape: Optional[list[int]] = None
+    round_to: int = Field(8, ge=1)
+    threads: int = Field(2, ge=1)
+    io_dtype: Literal["float32", "int8"] = "float32"
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    budgets: Budgets = Budgets()
+    device: DeviceFacts
+    tensorrt: Optional[TensorRTOptions] = None
+    source: str = ""  # where the profile came from (relative path); filled by load_target
+
+
+def _toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path.name} is not valid TOML: {e}", "fix the syntax at the position named") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}", "check the path") from None
+
+
+def validation_message(e: ValidationError, where: str) -> UserError:
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return UserError(f"{where}: unknown key '{key}'", "remove it or fix its spelling")
+    if err["type"] == "missing":
+        return UserError(f"{where}: missing key '{key}'", "add it")
+    return UserError(f"{where}: '{key}' {err['msg'].lower()} (got {err.get('input')!r})", "give a value of the right type")
+
+
+def available_targets() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
+
+
+def load_target(spec: str) -> Target:
+    """`jetson` (a file in targets/) or `path/to/board.toml`."""
+    path = Path(spec)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise UserError(f"target file not found: {spec}", "check the path")
+    else:
+        path = TARGETS_DIR / f"{spec}.toml"
+        if not path.is_file():
+            raise UserError(f"unknown target '{spec}'",
+                            f"use one of {', '.join(available_targets())} or a path to a .toml profile")
+    data = _toml(path)
+    data.setdefault("name", path.stem)
+    try:
+        t = Target(**data)
+    except ValidationError as e:
+        raise validation_message(e, path.name) from None
+    if t.backend == "tensorrt" and t.tensorrt is None:
+        t.tensorrt = TensorRTOptions()
+    try:
+        t.source = str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        t.source = path.name
+    return t
+
+
+def load_targets(spec: str) -> list[Target]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise UserError("--target is empty", f"name one of {', '.join(available_targets())}")
+    targets = [load_target(n) for n in names]
+    seen = set()
+    for t in targets:
+        if t.name in seen:
+            raise UserError(f"target '{t.name}' named twice", "name each target once")
+        seen.add(t.name)
+    return targets
+
+
+# ---------------------------------------------------------------- run config
+class LoadConfig(Strict):
+    latency_runs: int = Field(100, ge=5)
+
+
+class PruneConfig(Strict):
+    enabled: bool = True
+    macs_reduction: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of MACs to remove")
+    criterion: Literal["l1", "l2", "bn_scale", "taylor", "lamp"] = "l2"
+    global_pruning: bool = False
+    ignore: list[str] = Field(default_factory=list, description="module names never pruned")
+    round_to: Optional[int] = Field(None, ge=1, description="default: the target's round_to")
+    tolerance: float = Field(0.02, gt=0, lt=0.5, description="allowed miss of the MACs goal")
+
+
+class DistillConfig(Strict):
+    enabled: bool = True
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.02, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(0.2, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target KL term")
+    val_fraction: float = Field(0.05, ge=0, lt=0.5)
+    train_limit: Optional[int] = Field(None, ge=1, description="use only this many training samples")
+    patience: int = Field(3, ge=1)
+    checkpoint_every: int = Field(100, ge=1, description="steps between resume checkpoints")
+
+
+class QuantizeConfig(Strict):
+    calibration: str = Field("auto", description="a set under calibration/, or auto: <data>-512, built on first use")
+    method: Optional[Literal["minmax", "percentile", "entropy"]] = None  # default: the target's
+    percentile: float = Field(99.99, gt=90, le=100)
+
+
+class EvaluateConfig(Strict):
+    test_limit: Optional[int] = Field(None, ge=1, description="evaluate on the first N test samples")
+    warmup: int = Field(20, ge=0)
+    runs: int = Field(200, ge=5)
+    batch_size: int = Field(256, ge=1)
+
+
+class RunConfig(Strict):
+    seed: int = 0
+    model: str = "default"
+    weights: Optional[str] = None
+    data: str = "fashion-mnist"
+    input_shape: Optional[list[int]] = None
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    trust_model: bool = False
+    load: LoadConfig = LoadConfig()
+    prune: PruneConfig = PruneConfig()
+    distill: DistillConfig = DistillConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def _parse_value(raw: str) -> Any:
+    """`--set` values: JSON/TOML-ish literals (numbers, true/false, lists), else the string."""
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def apply_overrides(data: dict, sets: list[str]) -> dict:
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r} has no '='", "write --set section.key=value, e.g. --set distill.epochs=1")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: '{p}' is not a section", "set a leaf key such as distill.epochs")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def build_run_config(config_file: str | None, overrides: dict, sets: list[str]) -> RunConfig:
+    data: dict = _toml(Path(config_file)) if config_file else {}
+    for k, v in overrides.items():
+        if v is not None:
+            data[k] = v
+    apply_overrides(data, sets)
+    try:
+        return RunConfig(**data)
+    except ValidationError as e:
+        raise validation_message(e, Path(config_file).name if config_file else "config") from None

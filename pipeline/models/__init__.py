@@ -1,0 +1,212 @@
+"""Resolve `--model` specs and move models between stages as files.
+
+Forms: `default` (the bundled teacher), `FILE.py:FACTORY [--weights W.pt]`, `MODEL.pt2`
+(torch.export archive) and `MODEL.onnx` (quantize/compile/evaluate only).
+
+Between stages a torch model travels as `model.pt`: a weights-only dict holding the state_dict and
+the integer shape attributes of every layer (so a pruned model is rebuilt on the factory's class
+without pickled code), plus `model.pt2` (torch.export archive: reloads without the Python class)
+and `model.onnx` (FP32).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from pipeline.config import ROOT
+from pipeline.errors import UserError
+
+DEFAULT_DIR = Path(__file__).parent / "default"
+DEFAULT_FACTORY = "pipeline/models/resnet.py:small_resnet"
+DEFAULT_WEIGHTS = DEFAULT_DIR / "teacher.pt"
+# Layer attributes that carry channel counts; pruning changes them, rebuilding restores them.
+SHAPE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
+               "normalized_shape", "groups", "num_channels", "num_groups", "embed_dim", "num_heads", "head_dim")
+
+
+@dataclass
+class ModelSpec:
+    kind: str                 # "factory" | "pt2" | "onnx"
+    path: Path
+    factory: Optional[str] = None
+    weights: Optional[Path] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.path.name}:{self.factory}" if self.kind == "factory" else self.path.name
+
+    @property
+    def trainable(self) -> bool:
+        """Prune and distill need nn.Module layers, which only a factory gives."""
+        return self.kind == "factory"
+
+
+def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) -> ModelSpec:
+    if spec in ("", "default"):
+        return ModelSpec("factory", ROOT / DEFAULT_FACTORY.split(":")[0], "small_resnet",
+                         Path(weights) if weights else DEFAULT_WEIGHTS)
+    if spec.endswith((".pt2", ".onnx")):
+        p = Path(spec)
+        if not p.is_file():
+            raise UserError(f"model file not found: {spec}", "check the path")
+        if weights:
+            raise UserError(f"--weights does not apply to {p.suffix} models", "drop --weights; the archive holds them")
+        return ModelSpec("pt2" if p.suffix == ".pt2" else "onnx", p)
+    if ":" in spec:
+        file, factory = spec.rsplit(":", 1)
+        p = Path(file)
+        if p.suffix != ".py" or not factory.isidentifier():
+            raise UserError(f"bad model spec '{spec}'", "write FILE.py:FACTORY, e.g. mymodel.py:build")
+        if not p.is_file():
+            raise UserError(f"model file not found: {file}", "check the path")
+        inside = p.resolve().is_relative_to(ROOT)
+        if not inside and not trust:
+            raise UserError(f"{file} is Python code from outside this repository",
+                            "pass --trust-model if you trust it (it will be executed)")
+        w = Path(weights) if weights else None
+        if w is not None and not w.is_file():
+            raise UserError(f"weights file not found: {weights}", "check the --weights path")
+        return ModelSpec("factory", p, factory, w)
+    raise UserError(f"cannot tell what model '{spec}' is",
+                    "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx or 'default'")
+
+
+def _import_factory(spec: ModelSpec):
+    name = f"_edge_compress_user_model_{abs(hash(spec.path.resolve()))}"
+    mod = sys.modules.get(name)
+    if mod is None:
+        ispec = importlib.util.spec_from_file_location(name, spec.path)
+        mod = importlib.util.module_from_spec(ispec)
+        try:
+            ispec.loader.exec_module(mod)
+        except Exception as e:  # noqa: BLE001 -- user code: any failure is the user's to fix
+            raise UserError(f"importing {spec.path} failed: {e.__class__.__name__}: {e}",
+                            "fix the model file (run it with python to see the traceback, or pass --debug)") from e
+        sys.modules[name] = mod
+    fn = getattr(mod, spec.factory, None)
+    if not callable(fn):
+        raise UserError(f"{spec.path} has no function '{spec.factory}'", "name a function that returns an nn.Module")
+    return fn
+
+
+def load_state_dict_file(path: Path) -> dict:
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- truncated, pickled module, not a checkpoint: all user errors
+        raise UserError(f"cannot load checkpoint {path}: {str(e).splitlines()[0][:160]}",
+                        "pass a state_dict saved with torch.save(model.state_dict(), path)") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} is not a state_dict (a dict of tensors)",
+                        "save it with torch.save(model.state_dict(), path)")
+    return sd
+
+
+def build(spec: ModelSpec) -> nn.Module:
+    """Instantiate the model of a spec with its weights, in eval mode."""
+    if spec.kind == "pt2":
+        try:
+            return torch.export.load(str(spec.path)).module()
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"cannot load torch.export archive {spec.path}: {e.__class__.__name__}",
+                            "pass an archive written by torch.export.save") from None
+    if spec.kind != "factory":
+        raise UserError(f"{spec.path.name} is not a torch model", "prune and distill need FILE.py:FACTORY or .pt2")
+    fn = _import_factory(spec)
+    try:
+        model = fn()
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"factory {spec.factory}() raised {e.__class__.__name__}: {e}", "fix the factory") from e
+    if not isinstance(model, nn.Module):
+        raise UserError(f"factory {spec.factory}() returned {type(model).__name__}, not an nn.Module",
+                        "return the model instance")
+    if spec.weights is not None:
+        sd = load_state_dict_file(spec.weights)
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            first = [ln.strip() for ln in str(e).splitlines() if ln.strip()][1:2] or [str(e)[:200]]
+            raise UserError(f"checkpoint {spec.weights.name} does not fit {spec.factory}(): {first[0][:200]}",
+                            "pass the weights saved from this architecture") from None
+    return model.eval()
+
+
+def check_finite(model: nn.Module, where: str) -> None:
+    for name, t in list(model.state_dict().items()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"{where}: tensor '{name}' holds NaN or Inf", "pass a checkpoint with finite weights")
+
+
+# ---------------------------------------------------------------- stage-to-stage model files
+def architecture(model: nn.Module) -> dict:
+    arch = {}
+    for name, m in model.named_modules():
+        attrs = {}
+        for a in SHAPE_ATTRS:
+            v = getattr(m, a, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                attrs[a] = v
+            elif isinstance(v, tuple) and all(isinstance(i, int) for i in v):
+                attrs[a] = list(v)
+        if attrs:
+            arch[name] = attrs
+    return arch
+
+
+def save_model(model: nn.Module, path: Path) -> None:
+    """Weights-only file: state_dict + layer shape attributes (see rebuild)."""
+    torch.save({"state_dict": model.state_dict(), "architecture": architecture(model)}, path)
+
+
+def rebuild(model: nn.Module, saved: dict) -> nn.Module:
+    """Reshape a fresh factory model to a saved (possibly pruned) one and load its weights."""
+    for name, attrs in saved["architecture"].items():
+        m = model.get_submodule(name)
+        for a, v in attrs.items():
+            setattr(m, a, tuple(v) if isinstance(v, list) else v)
+    for key, t in saved["state_dict"].items():
+        owner, _, leaf = key.rpartition(".")
+        m = model.get_submodule(owner)
+        if leaf in m._parameters and m._parameters[leaf] is not None:
+            m._parameters[leaf] = nn.Parameter(t.clone(), requires_grad=m._parameters[leaf].requires_grad)
+        elif leaf in m._buffers:
+            m._buffers[leaf] = t.clone()
+        else:
+            raise UserError(f"saved model has '{key}' that the factory model lacks", "re-run with --force")
+    return model.eval()
+
+
+def load_model(spec: ModelSpec, path: Path) -> nn.Module:
+    """Load a stage's model.pt onto the spec's architecture (pt2 models: the archive next to it)."""
+    if spec.kind == "pt2":
+        return torch.export.load(str(path.with_suffix(".pt2"))).module()
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    fresh = build(ModelSpec(spec.kind, spec.path, spec.factory, None))
+    return rebuild(fresh, saved)
+
+
+def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        ep = torch.export.export(model.eval(), (example,))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"torch.export failed: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}",
+                        "make the model's forward traceable (no data-dependent Python control flow)") from None
+    torch.export.save(ep, str(path))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass (conv, linear, matmul), via torch-pruning's counter."""
+    import torch_pruning as tp
+    macs, _ = tp.utils.count_ops_and_params(model, example)
+    return int(macs)

@@ -1,0 +1,1 @@
+"""Report schema, rendering and the CI gate."""

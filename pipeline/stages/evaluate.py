@@ -1,0 +1,81 @@
+"""evaluate: accuracy on the test split and host latency of every artifact the earlier stages
+declared that can execute here. What can only run on the device is listed with null figures and
+the reason, never with a number."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import backends
+from pipeline.latency import measure
+from pipeline.runner import Context, Progress, Stage, log
+
+
+@torch.no_grad()
+def torch_accuracy(model: torch.nn.Module, ds, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(torch.from_numpy(ds.normalize(x[i:i + batch_size])))
+        correct += int((logits.argmax(1).numpy() == y[i:i + batch_size]).sum())
+    return correct / len(x)
+
+
+def runner_accuracy(runner, ds, x: np.ndarray, y: np.ndarray, batch_size: int = 256,
+                    progress: Progress | None = None) -> float:
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = runner.run(ds.normalize(x[i:i + batch_size]))
+        correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
+        if progress:
+            progress.update(min(i + batch_size, len(x)))
+    return correct / len(x)
+
+
+def declared_artifacts(ctx: Context, stage_names: list[str]) -> list[dict]:
+    """The artifacts each stage listed in its metrics, with their files' paths in the run folder."""
+    arts = []
+    for name in stage_names:
+        for a in ctx.record(name)["metrics"].get("artifacts", []):
+            arts.append({**a, "stage": name, "path": f"{name}/{a['file']}" if a.get("file") else None})
+    return arts
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+
+    def __init__(self, inputs: list[str]):
+        self.inputs = tuple(inputs)
+
+    def config_slice(self, ctx: Context) -> dict:
+        e = ctx.config.evaluate
+        return {"test_limit": e.test_limit, "warmup": e.warmup, "runs": e.runs,
+                "threads": {t.name: t.threads for t in ctx.targets}}
+
+    def run(self, ctx: Context, out: Path) -> dict:
+        ds, e = ctx.data, ctx.config.evaluate
+        x, y = ds.x_test[: e.test_limit], ds.y_test[: e.test_limit]
+        one = ds.normalize(ds.x_test[:1])
+        threads = ctx.targets[0].threads
+        results = []
+        for art in declared_artifacts(ctx, list(self.inputs)):
+            row = {**art, "accuracy": None, "latency_p50_ms": None, "latency_p90_ms": None, "latency": None,
+                   "size_bytes": (ctx.run_dir / art["path"]).stat().st_size if art["path"] else None}
+            if art.get("runs_here", True):
+                backend = backends.require(art["backend"])
+                t = art.get("threads") or threads
+                runner = backend.Runner(ctx.run_dir / art["path"], threads=t)
+                prog = Progress(f"evaluate {art['name']}", len(x), unit="sample")
+                row["accuracy"] = runner_accuracy(runner, ds, x, y, e.batch_size, prog)
+                xb = runner.prepare(one)
+                lat = measure(lambda: runner.run_raw(xb), warmup=e.warmup, runs=e.runs, threads=t)
+                row.update({"latency_p50_ms": lat["p50_ms"], "latency_p90_ms": lat["p90_ms"], "latency": lat})
+                if hasattr(runner, "layout"):
+                    row["layout"] = runner.layout
+            results.append(row)
+            acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+            p50 = "n/a" if row["latency_p50_ms"] is None else f"{row['latency_p50_ms']:.3f} ms"
+            log.info("[evaluate] %s: accuracy %s, p50 %s%s", art["name"], acc, p50, f" ({art['note']})" if art.get("note") else "")
+        return {"test_samples": len(x), "results": results}

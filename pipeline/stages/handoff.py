@@ -1,0 +1,166 @@
+"""handoff: the folder and tarball the embedded team receives, one sub-folder per target.
+
+Each holds the deliverable artifact(s), `manifest.json` (how to feed the model, what comes out,
+quantization parameters, sha256 of every file, the toolchain lock, calibration set and seed),
+`golden.npz` (inputs and the host outputs to check a device build against) and a README for the
+embedded engineer. No absolute paths of the build machine are written anywhere.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import platform
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import __version__, backends
+from pipeline.runner import Context, Stage, read_json, sha256_file, write_json
+from pipeline.stages.report import toolchain
+
+GOLDEN_SAMPLES = 16
+README = """# {model} for {device} ({target})
+
+Hand-off from edge-compress {version}. Everything here is described in `manifest.json`; every file's
+sha256 is listed there. Check the bundle before use:
+
+    python -m pipeline verify .          # with the edge-compress repo, or see manifest.json by hand
+
+## Feeding the model
+- input `{input_name}`: {input_dtype} {input_shape}, layout {layout}
+- preprocessing: pixel / 255, then (x - mean) / std with mean {mean}, std {std}{quant_in}
+- output `{output_name}`: {output_dtype} {output_shape}: logits for the labels in `manifest.json` (argmax = class){quant_out}
+
+## Files
+{files}
+
+## Expected results
+Accuracy on the host: {accuracy} ({samples} test samples). `golden.npz` holds {golden} inputs (`x`,
+preprocessed) and the host outputs (`y`); a device build should agree within the tolerances in
+`manifest.json` ("golden").
+{backend_notes}"""
+
+TRT_NOTES = """
+## Building the TensorRT engine ON the device
+TensorRT engines are specific to the GPU and TensorRT version that built them, so the engine is built
+on the {device} itself (expected: TensorRT {trt}, JetPack {jetpack}):
+
+    ./build_engine.sh                      # trtexec: builds model.plan, prints timings
+    python3 build_engine.py --onnx {onnx} --golden golden.npz --report device_report.json
+
+`build_engine.py` needs only TensorRT, numpy and (for timing) cuda-python or torch; it builds the
+engine, checks its outputs against golden.npz and writes a device report with p50/p90/p99 latency.
+The figures in the host report for this target are host figures of the QDQ ONNX in ONNX Runtime.
+"""
+
+
+def deterministic_tar(src: Path, names: list[str], dest: Path) -> None:
+    """A .tar.gz of src/<name> folders whose bytes depend only on the files' names and contents."""
+    buf = io.BytesIO()
+    paths = sorted(p for n in names for p in [src / n, *(src / n).rglob("*")])
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for p in paths:
+            info = tar.gettarinfo(str(p), arcname=str(Path("handoff") / p.relative_to(src)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            info.mode = 0o755 if p.is_dir() or p.suffix in (".sh", ".py") else 0o644
+            if p.is_file():
+                with open(p, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(buf.getvalue())
+
+
+class HandoffStage(Stage):
+    name = "handoff"
+
+    def __init__(self, inputs: list[str]):
+        self.inputs = tuple(inputs)
+
+    def config_slice(self, ctx: Context) -> dict:
+        return {"targets": [t.name for t in ctx.targets], "golden": GOLDEN_SAMPLES}
+
+    def run(self, ctx: Context, out: Path) -> dict:
+        ds = ctx.data
+        data_info = read_json(ctx.artifact("load", "data.json"))
+        report = read_json(ctx.artifact("report", "report.json"))
+        bundle = out
+        lock = {**toolchain(), "python": platform.python_version(), "edge-compress": __version__}
+        x = ds.normalize(ds.x_test[:GOLDEN_SAMPLES])
+        summary = {}
+        for t in ctx.targets:
+            comp_name, quant_name = f"compile-{t.name}", f"quantize-{t.name}"
+            comp, quant = ctx.record(comp_name)["metrics"], ctx.record(quant_name)["metrics"]
+            tdir = bundle / t.name
+            tdir.mkdir(parents=True)
+            for f in comp["deliverables"]:
+                shutil.copyfile(ctx.artifact(comp_name, f), tdir / f)
+            tsum = next(s for s in report["targets"] if s["name"] == t.name)
+            art = next(a for a in report["artifacts"] if a["name"] == tsum["deliverable"])
+            runner_backend = art["backend"]
+            runner = backends.require(runner_backend).Runner(ctx.run_dir / art["file"], threads=t.threads)
+            y = runner.run(x)
+            np.savez(tdir / "golden.npz", x=x, y=y, labels=ds.y_test[:GOLDEN_SAMPLES])
+            int8_out = quant["engine_meta"].get("output", {}).get("dtype") == "int8"
+            out_scale = quant["engine_meta"].get("output", {}).get("scale")
+            tol = {"max_abs": float(2 * out_scale) if (int8_out and out_scale) else
+                   (0.25 if t.backend == "tensorrt" else 1e-3),
+                   "min_argmax_agreement": 0.9 if t.backend == "tensorrt" else 1.0,
+                   "why": ("device INT8 kernels (TensorRT) differ from the ONNX Runtime host proxy; "
+                           "compare argmax and a loose logit tolerance" if t.backend == "tensorrt"
+                           else "same engine on the device; small kernel differences across CPUs")}
+            meta = quant["engine_meta"]
+            files = {p.name: sha256_file(p) for p in sorted(tdir.iterdir())}
+            manifest = {
+                "manifest_version": 1,
+                "target": t.name, "device": t.device.name, "backend": t.backend,
+                "deliverable": art["file"].split("/")[-1], "precision": tsum["precision"],
+                "input": {"name": meta.get("input", {}).get("name", "input"), "shape": data_info["input_shape"],
+                          "dtype": meta.get("input", {}).get("dtype", "float32"),
+                          "layout": getattr(runner, "layout", "NCHW"),
+                          "quantization": meta.get("input", {}).get("quantization")},
+                "output": {"name": meta.get("output", {}).get("name", "logits"),
+                           "shape": [data_info["input_shape"][0], len(data_info["classes"])],
+                           "dtype": meta.get("output", {}).get("dtype", "float32"),
+                           "quantization": meta.get("output", {}).get("quantization")},
+                "preprocessing": {"scale": 1 / 255 if data_info["stored_dtype"] == "uint8" else 1.0,
+                                  "mean": data_info["mean"], "std": data_info["std"],
+                                  "formula": "x = (pixel * scale - mean) / std"},
+                "labels": data_info["classes"],
+                "opset": meta.get("opset"),
+                "float_layers": meta.get("float_layers", []),
+                "calibration": tsum["calibration"], "seed": ctx.config.seed,
+                "accuracy_host": art["accuracy"], "test_samples": report["test_samples"],
+                "golden": {"file": "golden.npz", "samples": GOLDEN_SAMPLES, "produced_by": art["name"], **tol},
+                "toolchain": lock,
+                "device_toolchain": ({"tensorrt": t.tensorrt.version, "jetpack": t.tensorrt.jetpack}
+                                     if t.tensorrt else None),
+                "engine": tsum["engine"],
+                "files": files,
+            }
+            write_json(tdir / "manifest.json", manifest)
+            notes = ""
+            if t.backend == "tensorrt":
+                notes = TRT_NOTES.format(device=t.device.name, trt=t.tensorrt.version, jetpack=t.tensorrt.jetpack,
+                                         onnx=comp["deliverables"][0])
+            q_in, q_out = manifest["input"]["quantization"], manifest["output"]["quantization"]
+            (tdir / "README.md").write_text(README.format(
+                model=report["model"], device=t.device.name, target=t.name, version=__version__,
+                input_name=manifest["input"]["name"], input_dtype=manifest["input"]["dtype"],
+                input_shape=manifest["input"]["shape"], layout=manifest["input"]["layout"],
+                mean=data_info["mean"], std=data_info["std"],
+                quant_in=f"; then quantize: q = round(x / {q_in['scale']}) + {q_in['zero_point']}" if q_in else "",
+                output_name=manifest["output"]["name"], output_dtype=manifest["output"]["dtype"],
+                output_shape=manifest["output"]["shape"],
+                quant_out=f"; dequantize: (q - {q_out['zero_point']}) * {q_out['scale']}" if q_out else "",
+                files="\n".join(f"- `{n}`" for n in files) + "\n- `manifest.json`\n- `README.md`",
+                accuracy=f"{art['accuracy']:.4f}", samples=report["test_samples"], golden=GOLDEN_SAMPLES,
+                backend_notes=notes))
+            summary[t.name] = {"files": sorted(files), "deliverable": manifest["deliverable"]}
+        deterministic_tar(bundle, [t.name for t in ctx.targets], out / "handoff.tar.gz")
+        return {"targets": summary}

@@ -1,0 +1,92 @@
+"""report: one table of every artifact (accuracy, delta vs teacher, latency, size, params, MACs),
+budgets per target, and how each stage went; `report.json` (schema in pipeline/report/schema.py)
+and `report.md`."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.latency import host_facts
+from pipeline.report import render, schema
+from pipeline.runner import Context, Stage, write_json
+
+
+def toolchain() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("torch", "torch-pruning", "onnx", "onnxruntime", "nvidia-modelopt", "litert-torch",
+                "ai-edge-litert", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+class ReportStage(Stage):
+    name = "report"
+
+    def __init__(self, inputs: list[str]):
+        self.inputs = tuple(inputs)
+
+    def config_slice(self, ctx: Context) -> dict:
+        # Which stages ran or came from the cache is part of what the report says.
+        return {"targets": [t.model_dump() for t in ctx.targets],
+                "statuses": {k: v for k, v in ctx.statuses.items() if k != self.name}}
+
+    def run(self, ctx: Context, out: Path) -> dict:
+        load = ctx.record("load")["metrics"]
+        teacher_acc = None
+        rows = []
+        lineage = {"params": load.get("params"), "macs": load.get("macs")}
+        for r in ctx.record("evaluate")["metrics"]["results"]:
+            if r["stage"] == "load":
+                teacher_acc = r["accuracy"]
+            if r.get("params") is not None:
+                lineage = {"params": r["params"], "macs": r.get("macs")}
+            rows.append(r)
+        artifacts = []
+        for r in rows:
+            acc = r["accuracy"]
+            artifacts.append({
+                "name": r["name"], "stage": r["stage"], "backend": r["backend"], "precision": r["precision"],
+                "target": r.get("target"), "file": r["path"],
+                "accuracy": acc,
+                "accuracy_delta": None if acc is None or teacher_acc is None else acc - teacher_acc,
+                "latency_p50_ms": r["latency_p50_ms"], "latency_p90_ms": r["latency_p90_ms"],
+                "latency_ci95_ms": r["latency"]["p50_ci95_ms"] if r.get("latency") else None,
+                "latency_where": "host" if r["latency_p50_ms"] is not None else None,
+                "size_bytes": r["size_bytes"],
+                "params": r.get("params", lineage["params"]), "macs": r.get("macs", lineage["macs"]),
+                "selected": r.get("selected"), "note": r.get("note", ""),
+            })
+        targets = []
+        for t in ctx.targets:
+            comp = ctx.record(f"compile-{t.name}")["metrics"]
+            quant = ctx.record(f"quantize-{t.name}")["metrics"]
+            deliverable = next((a for a in artifacts if a["target"] == t.name and a["accuracy"] is not None
+                                and a["selected"] is not False and a["file"]
+                                and Path(a["file"]).name in comp["deliverables"]), None)
+            targets.append(schema.target_summary(t, comp, quant, deliverable, teacher_acc))
+        stages = {name: ctx.record(name) for name in ctx.statuses if name != self.name}
+        report = {
+            "schema_version": schema.SCHEMA_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "tool_version": __version__,
+            "target": ",".join(t.name for t in ctx.targets),
+            "model": load["model"], "data": load["data"],
+            "teacher_accuracy": teacher_acc,
+            "test_samples": ctx.record("evaluate")["metrics"]["test_samples"],
+            "stages": dict(ctx.statuses),
+            "stage_wall_s": {n: r["wall_s"] for n, r in stages.items()},
+            "artifacts": artifacts,
+            "targets": targets,
+            "host": host_facts(),
+            "toolchain": toolchain(),
+        }
+        report["stages"][self.name] = "ran"
+        schema.validate(report)
+        write_json(out / "report.json", report)
+        (out / "report.md").write_text(render.markdown(report))
+        return {"artifacts_reported": len(artifacts), "budgets_met": {t["name"]: t["budgets_met"] for t in targets}}

@@ -1,0 +1,42 @@
+"""Shared fixtures: real Fashion-MNIST (Debian's dataset-fashion-mnist) and small slices of it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    from pipeline.data import load_fashion_mnist
+    return load_fashion_mnist()
+
+
+@pytest.fixture(scope="session")
+def small_npz(fmnist, tmp_path_factory) -> Path:
+    """A 3000/1000 slice of real Fashion-MNIST as an .npz in the `--data FILE.npz` form."""
+    path = tmp_path_factory.mktemp("data") / "fmnist-small.npz"
+    rng = np.random.default_rng(0)
+    tr = np.sort(rng.choice(len(fmnist.x_train), 3000, replace=False))
+    np.savez(path, x_train=fmnist.x_train[tr], y_train=fmnist.y_train[tr], x_test=fmnist.x_test[:1000],
+             y_test=fmnist.y_test[:1000], classes=np.array(fmnist.classes), mean=np.array(fmnist.mean),
+             std=np.array(fmnist.std))
+    return path
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ...` as a user would, capturing output."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    return cli

@@ -1,0 +1,95 @@
+"""Config and targets: typed, unknown keys named, CLI overrides; property-based parsing tests."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pipeline.config import apply_overrides, available_targets, build_run_config, load_target, load_targets
+from pipeline.errors import UserError
+
+
+def test_every_shipped_target_loads():
+    names = available_targets()
+    assert {"jetson", "jetson-agx-orin", "gpu", "android", "rpi", "x86-cpu"} <= set(names)
+    for n in names:
+        t = load_target(n)
+        assert t.device.name and t.round_to >= 1
+        if t.backend == "tensorrt":
+            assert t.tensorrt is not None
+
+
+def test_unknown_target_names_choices():
+    with pytest.raises(UserError, match="unknown target 'nope'.*") as e:
+        load_target("nope")
+    assert "jetson" in e.value.fix
+
+
+def test_target_file_unknown_key_and_wrong_type(tmp_path):
+    p = tmp_path / "board.toml"
+    p.write_text('backend = "tflite"\nroundto = 8\n[device]\nname = "x"\n')
+    with pytest.raises(UserError, match="unknown key 'roundto'"):
+        load_target(str(p))
+    p.write_text('backend = "tflite"\nround_to = "eight"\n[device]\nname = "x"\n')
+    with pytest.raises(UserError, match="'round_to'"):
+        load_target(str(p))
+    p.write_text('backend = "tflite"\n[device]\nname = "x"\n[budgets]\nmax_acuracy_drop = 0.1\n')
+    with pytest.raises(UserError, match="budgets.max_acuracy_drop"):
+        load_target(str(p))
+
+
+def test_target_list_and_duplicates():
+    assert [t.name for t in load_targets("jetson, android")] == ["jetson", "android"]
+    with pytest.raises(UserError, match="named twice"):
+        load_targets("jetson,jetson")
+
+
+def test_set_overrides_and_unknown_keys():
+    cfg = build_run_config(None, {}, ["distill.epochs=1", "prune.criterion=l1", "prune.ignore=[\"fc\"]"])
+    assert cfg.distill.epochs == 1 and cfg.prune.criterion == "l1" and cfg.prune.ignore == ["fc"]
+    with pytest.raises(UserError, match="unknown key 'distill.epoch'"):
+        build_run_config(None, {}, ["distill.epoch=1"])
+    with pytest.raises(UserError, match="'prune.macs_reduction'"):
+        build_run_config(None, {}, ["prune.macs_reduction=lots"])
+    with pytest.raises(UserError, match="has no '='"):
+        build_run_config(None, {}, ["distill.epochs"])
+
+
+def test_config_file(tmp_path):
+    p = tmp_path / "run.toml"
+    p.write_text("[distill]\nepochs = 2\n[prune]\nmacs_reduction = 0.3\n")
+    cfg = build_run_config(str(p), {}, ["distill.epochs=5"])
+    assert cfg.distill.epochs == 5 and cfg.prune.macs_reduction == 0.3
+    p.write_text("[distill]\nepochs = \n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        build_run_config(str(p), {}, [])
+
+
+keys = st.sampled_from(["distill.epochs", "distill.lr", "prune.macs_reduction", "evaluate.runs", "seed",
+                        "prune.criterion", "quantize.method", "distill.batch_size"])
+values = st.one_of(st.integers(-5, 10_000), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+                   st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=keys, value=values)
+def test_any_override_is_accepted_or_one_user_error(key, value):
+    """Whatever a user types after --set, the result is a valid config or a UserError naming the key."""
+    try:
+        cfg = build_run_config(None, {}, [f"{key}={value}"])
+    except UserError as e:
+        assert key.split(".")[-1] in e.problem or "config" in e.problem
+    else:
+        section, _, leaf = key.rpartition(".")
+        node = getattr(cfg, section) if section else cfg
+        assert getattr(node, leaf) is not None
+
+
+@settings(max_examples=100, deadline=None)
+@given(path=st.lists(st.text(st.characters(categories=["Ll"]), min_size=1, max_size=6), min_size=1, max_size=3),
+       value=st.integers())
+def test_apply_overrides_builds_nested_dicts(path, value):
+    d = apply_overrides({}, [f"{'.'.join(path)}={value}"])
+    node = d
+    for p in path[:-1]:
+        node = node[p]
+    assert node[path[-1]] == value
