@@ -67,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="default <data>-<size>")
     c.add_argument("--out-dir", default=None, help="default calibration/")
 
+    g = sub.add_parser("gate", help="compare a report with a baseline; exit 1 on a regression (see pipeline/report/gate.py)")
+    g.add_argument("report", help="the candidate report.json")
+    g.add_argument("--baseline", required=True, help="baseline report, e.g. reports/baselines/<target>.json")
+    g.add_argument("--target", help="target name or .toml whose budgets apply (default: the report's only target)")
+    g.add_argument("--max-accuracy-drop", type=float, help="override the budget: fraction 0..1 below the baseline")
+    g.add_argument("--max-latency-regression-pct", type=float, help="override the budget: percent slower than baseline")
+    g.add_argument("--max-size-mb", type=float, help="override the budget: MB per target artifact")
+    g.add_argument("--baseline-run", help="run folder holding the baseline's artifact files (enables interleaved timing)")
+    g.add_argument("--interleaved-runs", type=int, default=None, metavar="N",
+                   help="rounds of interleaved baseline/candidate timing (default 30; 0: compare stored figures)")
+    g.add_argument("--junit", help="write JUnit XML here (one testcase per check)")
+    g.add_argument("--markdown", help="write a Markdown summary here")
+    g.add_argument("--update-baseline", action="store_true",
+                   help="write the (trimmed) candidate to the --baseline path and exit 0")
+
     for sp in (r, c, *sub.choices.values()):
         if not any(a.dest == "debug" for a in sp._actions):
             sp.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -83,7 +98,8 @@ def cmd_run(a) -> int:
     from pipeline.config import build_run_config, load_targets
     from pipeline.data import resolve_data
     from pipeline.models import parse_spec
-    from pipeline.runner import Context, RunLock, log, run_stage, setup_logging
+    from pipeline import distributed
+    from pipeline.runner import Context, RunLock, cached_record, log, run_stage, setup_logging
     from pipeline.stages import ORDER, kind, plan
 
     targets = load_targets(a.target)
@@ -93,7 +109,14 @@ def cmd_run(a) -> int:
     spec = parse_spec(cfg.model, cfg.weights, cfg.trust_model)
     if a.until and a.until not in ORDER:
         raise UserError(f"--until {a.until}: no such stage", f"use one of {', '.join(ORDER)}")
+    if a.until in ("prune", "distill") and not spec.trainable:
+        raise UserError(f"--until {a.until}: {spec.kind} models skip prune and distill", "use --until quantize or later")
     run_dir = Path(a.out) if a.out else default_run_dir(cfg.model, targets)
+    distributed.init()
+    ctx = Context(run_dir, cfg, targets, lambda: resolve_data(cfg.data, cfg.mean, cfg.std))
+    stages = plan(ctx, spec.trainable)
+    if distributed.rank() != 0:
+        return _distill_worker(ctx, stages)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -101,25 +124,47 @@ def cmd_run(a) -> int:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to run folder {run_dir}: {e.strerror}", "pass --out with a writable folder") from None
-    with RunLock(run_dir):
-        setup_logging(run_dir, a.verbose)
-        log.info("edge-compress %s: model %s, targets %s, run folder %s", __version__, spec.label,
-                 ",".join(t.name for t in targets), run_dir)
-        ctx = Context(run_dir, cfg, targets, lambda: resolve_data(cfg.data, cfg.mean, cfg.std))
-        t0 = time.monotonic()
-        stages = plan(ctx, spec.trainable)
-        if not spec.trainable:
-            log.info("prune and distill skipped: %s models have no nn.Module layers to prune", spec.kind)
-        last = max((i for i, s in enumerate(stages) if kind(s.name) == a.until), default=len(stages) - 1)
-        for s in stages[: last + 1]:
-            run_stage(s, ctx, force=a.force)
-        for f in ("report.json", "report.md", "report.html"):
-            src = run_dir / "report" / f
-            if src.exists() and last >= len(stages) - 2:
-                shutil.copyfile(src, run_dir / f)
-        cached = sum(v == "cached" for v in ctx.statuses.values())
-        log.info("finished in %.1fs (%d stages ran, %d cached); report: %s", time.monotonic() - t0,
-                 len(ctx.statuses) - cached, cached, run_dir / "report.md")
+    told_workers = not distributed.active()
+    try:
+        with RunLock(run_dir):
+            setup_logging(run_dir, a.verbose)
+            log.info("edge-compress %s: model %s, targets %s, run folder %s", __version__, spec.label,
+                     ",".join(t.name for t in targets), run_dir)
+            t0 = time.monotonic()
+            if not spec.trainable:
+                log.info("prune and distill skipped: %s models have no nn.Module layers to prune", spec.kind)
+            last = max((i for i, s in enumerate(stages) if kind(s.name) == a.until), default=len(stages) - 1)
+            for s in stages[: last + 1]:
+                if s.name == "distill" and not told_workers:
+                    distributed.broadcast(a.force or cached_record(s, ctx) is None)
+                    told_workers = True
+                run_stage(s, ctx, force=a.force)
+            if stages[last].name in ("report", "handoff"):
+                for f in ("report.json", "report.md", "report.html"):
+                    if (run_dir / "report" / f).exists():
+                        shutil.copyfile(run_dir / "report" / f, run_dir / f)
+            cached = sum(v == "cached" for v in ctx.statuses.values())
+            log.info("finished in %.1fs (%d stages ran, %d cached); report: %s", time.monotonic() - t0,
+                     len(ctx.statuses) - cached, cached, run_dir / "report.md")
+    finally:
+        if not told_workers:
+            distributed.broadcast(False)  # release the other ranks: distill will not run
+        distributed.shutdown()
+    return 0
+
+
+def _distill_worker(ctx, stages) -> int:
+    """A rank other than 0: wait for rank 0 to reach distill, take part if it runs, then exit."""
+    import tempfile
+
+    from pipeline import distributed
+    try:
+        if distributed.broadcast(None):
+            stage = next(s for s in stages if s.name == "distill")
+            with tempfile.TemporaryDirectory() as scratch:
+                stage.run(ctx, Path(scratch))
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -142,7 +187,23 @@ def cmd_calibrate(a) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "targets": cmd_targets, "calibrate": cmd_calibrate}
+def cmd_gate(a) -> int:
+    from pipeline.report import gate
+    if a.update_baseline:
+        path, hashed = gate.update_baseline(Path(a.report), Path(a.baseline))
+        print(f"gate: baseline written to {path} from {a.report} (sha256 of {hashed} artifact files recorded)")
+        return 0
+    result = gate.gate(Path(a.report), Path(a.baseline), target=a.target, max_accuracy_drop=a.max_accuracy_drop,
+                       max_latency_regression_pct=a.max_latency_regression_pct, max_size_mb=a.max_size_mb,
+                       baseline_run=Path(a.baseline_run) if a.baseline_run else None,
+                       rounds=gate.DEFAULT_ROUNDS if a.interleaved_runs is None else a.interleaved_runs,
+                       progress=gate.progress_to_stderr)
+    print(gate.text(result))
+    gate.write_outputs(result, Path(a.junit) if a.junit else None, Path(a.markdown) if a.markdown else None)
+    return result.exit_code
+
+
+COMMANDS = {"run": cmd_run, "targets": cmd_targets, "calibrate": cmd_calibrate, "gate": cmd_gate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,19 +127,23 @@ class Stage:
         return sha256_json({"config": self.config_slice(ctx), "inputs": inputs, "version": __version__})
 
 
+def cached_record(stage: Stage, ctx: Context) -> Optional[dict]:
+    """The stage's finished record if its fingerprint still matches, else None."""
+    try:
+        rec = read_json(ctx.stage_dir(stage.name) / STAGE_RECORD)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rec if rec.get("status") == "done" and rec.get("fingerprint") == stage.fingerprint(ctx) else None
+
+
 def run_stage(stage: Stage, ctx: Context, force: bool = False) -> dict:
     final = ctx.stage_dir(stage.name)
     fp = stage.fingerprint(ctx)
-    rec_path = final / STAGE_RECORD
-    if not force and rec_path.exists():
-        try:
-            rec = read_json(rec_path)
-        except (OSError, json.JSONDecodeError):
-            rec = {}
-        if rec.get("fingerprint") == fp and rec.get("status") == "done":
-            log.info("[%s] cached (fingerprint %s)", stage.name, fp[:12])
-            ctx.statuses[stage.name] = "cached"
-            return rec
+    rec = None if force else cached_record(stage, ctx)
+    if rec is not None:
+        log.info("[%s] cached (fingerprint %s)", stage.name, fp[:12])
+        ctx.statuses[stage.name] = "cached"
+        return rec
     tmp = ctx.run_dir / f".{stage.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

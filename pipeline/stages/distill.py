@@ -5,6 +5,10 @@ momentum, linear warm-up then cosine decay, validation on a held-out slice of th
 each epoch (never the test split), best checkpoint kept, early stopping. Inputs are not augmented,
 so the teacher's logits are computed once. A resume checkpoint is written every
 `checkpoint_every` steps outside the stage's temporary folder: a killed run continues from it.
+
+Under torchrun the stage runs on every rank with DistributedDataParallel: each global batch of
+`batch_size` is split across the ranks, so the optimisation matches a single process; rank 0 alone
+validates (its decision is broadcast), checkpoints and writes the outputs.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import models
+from pipeline import distributed, models
 from pipeline.backends import onnxruntime as ort_backend
 from pipeline.runner import Context, Progress, Stage, log
 from pipeline.stages.load import model_spec
@@ -87,6 +91,10 @@ class DistillStage(Stage):
             return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        rank, world = distributed.rank(), distributed.world_size()
+        net = student
+        if distributed.active():
+            net = torch.nn.parallel.DistributedDataParallel(student)
         state = {"step": 0, "best_val": -1.0, "best_state": None, "bad_epochs": 0, "history": [], "losses": []}
         ckpt = self.resume_path(ctx)
         if ckpt.exists():
@@ -99,13 +107,15 @@ class DistillStage(Stage):
         resumed_from = state["step"]
 
         def save_resume() -> None:
+            if rank != 0:
+                return
             ckpt.parent.mkdir(exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": student.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "state": state}, tmp)
             os.replace(tmp, ckpt)
 
-        prog = Progress("distill", total)
+        prog = Progress("distill", total) if rank == 0 else None
         stopped_early = False
         while state["step"] < total and not stopped_early:
             epoch = state["step"] // steps_per_epoch
@@ -115,32 +125,36 @@ class DistillStage(Stage):
             for i in range(state["step"] % steps_per_epoch, steps_per_epoch):
                 if state["step"] >= total:
                     break
-                b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                loss = kd_loss(student(x_tr[b]), t_logits[b], y_tr[b], cfg.temperature, cfg.alpha)
+                b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
+                loss = kd_loss(net(x_tr[b]), t_logits[b], y_tr[b], cfg.temperature, cfg.alpha)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 state["step"] += 1
                 state["losses"].append(round(float(loss.detach()), 5))
-                prog.update(state["step"], epoch=f"{epoch + 1}/{math.ceil(cfg.epochs)}", loss=float(loss.detach()),
-                            lr=sched.get_last_lr()[0])
+                if prog:
+                    prog.update(state["step"], epoch=f"{epoch + 1}/{math.ceil(cfg.epochs)}", loss=float(loss.detach()),
+                                lr=sched.get_last_lr()[0])
                 if state["step"] % cfg.checkpoint_every == 0:
                     save_resume()
             if state["step"] % steps_per_epoch == 0 or state["step"] >= total:
-                val_acc = torch_accuracy(student, ds, x_val, y_val) if len(val_idx) else float("nan")
+                val_acc = distributed.broadcast(
+                    torch_accuracy(student, ds, x_val, y_val) if len(val_idx) and rank == 0 else float("nan"))
                 state["history"].append({"epoch": epoch + 1, "step": state["step"], "val_accuracy": val_acc,
                                          "train_loss": float(np.mean(state["losses"][-steps_per_epoch:]))})
                 log.info("[distill] epoch %d: val accuracy %.4f", epoch + 1, val_acc)
                 if not len(val_idx) or val_acc > state["best_val"]:
                     state["best_val"], state["bad_epochs"] = val_acc, 0
-                    state["best_state"] = {k: v.clone() for k, v in student.state_dict().items()}
+                    state["best_state"] = distributed.broadcast({k: v.clone() for k, v in student.state_dict().items()})
                 else:
                     state["bad_epochs"] += 1
                     if state["bad_epochs"] >= cfg.patience:
                         log.info("[distill] early stop: no val improvement in %d epochs", cfg.patience)
                         stopped_early = True
                 save_resume()
+        if rank != 0:
+            return {}
         student.load_state_dict(state["best_state"])
         student.eval()
         models.save_model(student, out / "model.pt")
@@ -153,7 +167,7 @@ class DistillStage(Stage):
             "val_samples": len(val_idx), "best_val_accuracy": state["best_val"], "history": state["history"],
             "loss_curve": state["losses"][:: max(1, len(state["losses"]) // 200)],
             "resumed_from_step": resumed_from, "stopped_early": stopped_early,
-            "teacher_logits_cached": True, "params": params, "macs": macs,
+            "teacher_logits_cached": True, "processes": world, "params": params, "macs": macs,
             "artifacts": [{"name": "distilled", "file": "model.onnx", "backend": "onnxruntime", "precision": "fp32",
                            "params": params, "macs": macs}],
         }

@@ -1,0 +1,96 @@
+"""The stage contract: fingerprints, cache reuse, re-run on change, atomic rename, the run lock."""
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import RunConfig, load_target
+from pipeline.errors import UserError
+from pipeline.runner import Context, RunLock, Stage, read_json, run_stage
+
+
+class Writer(Stage):
+    def __init__(self, name, inputs=(), payload="a", fail=False):
+        self.name, self.inputs, self.payload, self.fail, self.calls = name, tuple(inputs), payload, fail, 0
+
+    def config_slice(self, ctx):
+        return {"payload": self.payload}
+
+    def run(self, ctx, out: Path) -> dict:
+        self.calls += 1
+        (out / "out.txt").write_text(self.payload)
+        if self.fail:
+            raise RuntimeError("boom")
+        return {"n": len(self.payload)}
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return Context(tmp_path, RunConfig(), [load_target("jetson")], lambda: None)
+
+
+def test_record_and_cache(ctx):
+    a = Writer("a")
+    rec = run_stage(a, ctx)
+    assert rec["status"] == "done" and set(rec["outputs"]) == {"out.txt"} and rec["metrics"] == {"n": 1}
+    assert read_json(ctx.run_dir / "a" / "stage.json")["fingerprint"] == rec["fingerprint"]
+    run_stage(a, ctx)
+    assert a.calls == 1 and ctx.statuses["a"] == "cached"
+    run_stage(a, ctx, force=True)
+    assert a.calls == 2
+
+
+def test_change_reruns_that_stage_and_those_after(ctx):
+    a, b = Writer("a"), Writer("b", ["a"])
+    run_stage(a, ctx), run_stage(b, ctx)
+    a2, b2 = Writer("a", payload="changed"), Writer("b", ["a"])
+    run_stage(a2, ctx), run_stage(b2, ctx)
+    assert a2.calls == 1 and b2.calls == 1  # b's input hash changed
+    b3 = Writer("b", ["a"])
+    run_stage(b3, ctx)
+    assert b3.calls == 0
+
+
+def test_failure_leaves_no_stage_folder_and_keeps_the_previous(ctx):
+    run_stage(Writer("a"), ctx)
+    before = (ctx.run_dir / "a" / "stage.json").read_text()
+    with pytest.raises(RuntimeError):
+        run_stage(Writer("a", payload="new", fail=True), ctx)
+    assert (ctx.run_dir / "a" / "stage.json").read_text() == before
+    assert not list(ctx.run_dir.glob(".a.*"))
+    with pytest.raises(RuntimeError):
+        run_stage(Writer("fresh", fail=True), ctx)
+    assert not (ctx.run_dir / "fresh").exists()
+
+
+def test_leftover_tmp_from_a_killed_run_is_not_taken_as_done(ctx):
+    tmp = ctx.run_dir / ".a.tmp"
+    tmp.mkdir()
+    (tmp / "out.txt").write_text("half")
+    a = Writer("a")
+    run_stage(a, ctx)
+    assert a.calls == 1 and (ctx.run_dir / "a" / "out.txt").read_text() == "a"
+
+
+def _hold_lock(path, ready, release):
+    with RunLock(Path(path)):
+        ready.set()
+        release.wait(10)
+
+
+def test_second_run_on_same_folder_refuses(tmp_path):
+    ready, release = mp.Event(), mp.Event()
+    p = mp.Process(target=_hold_lock, args=(str(tmp_path), ready, release))
+    p.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(UserError, match="in use by pid"):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        release.set()
+        p.join()
+    with RunLock(tmp_path):
+        pass
