@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-size-mb", type=float, help="override the budget: MB per target artifact")
     g.add_argument("--baseline-run", help="run folder holding the baseline's artifact files (enables interleaved timing)")
     g.add_argument("--interleaved-runs", type=int, default=None, metavar="N",
-                   help="rounds of interleaved baseline/candidate timing (default 30; 0: compare stored figures)")
+                   help="rounds of interleaved baseline/candidate timing (default 60; 0: compare stored figures)")
+    g.add_argument("--threads", type=int, help="inference threads for interleaved timing (default: the target's)")
     g.add_argument("--junit", help="write JUnit XML here (one testcase per check)")
     g.add_argument("--markdown", help="write a Markdown summary here")
     g.add_argument("--update-baseline", action="store_true",
@@ -197,7 +198,7 @@ def cmd_gate(a) -> int:
                        max_latency_regression_pct=a.max_latency_regression_pct, max_size_mb=a.max_size_mb,
                        baseline_run=Path(a.baseline_run) if a.baseline_run else None,
                        rounds=gate.DEFAULT_ROUNDS if a.interleaved_runs is None else a.interleaved_runs,
-                       progress=gate.progress_to_stderr)
+                       threads=a.threads, progress=gate.progress_to_stderr)
     print(gate.text(result))
     gate.write_outputs(result, Path(a.junit) if a.junit else None, Path(a.markdown) if a.markdown else None)
     return result.exit_code

@@ -28,7 +28,7 @@ def plan(ctx: Context, model_trainable: bool) -> list[Stage]:
     measured = [s.name for s in stages]
     stages.append(EvaluateStage(measured))
     stages.append(ReportStage(measured + ["evaluate"]))
-    stages.append(HandoffStage(["load", "report", *[s.name for s in per_target]]))
+    stages.append(HandoffStage(["load", "evaluate", *[s.name for s in per_target]]))
     return stages
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import __version__, backends
 from pipeline.runner import Context, Stage, read_json, sha256_file, write_json
-from pipeline.stages.report import toolchain
+from pipeline.stages.report import artifact_rows, deliverable, toolchain
 
 GOLDEN_SAMPLES = 16
 README = """# {model} for {device} ({target})
@@ -56,6 +56,17 @@ The figures in the host report for this target are host figures of the QDQ ONNX 
 """
 
 
+def tensor_entry(meta: dict | None, name: str, shape: list[int], layout: str | None) -> dict:
+    """How to feed / read one model tensor, from the engine's own description where it has one."""
+    meta = meta or {}
+    entry = {"name": meta.get("name", name), "shape": meta.get("shape", shape), "dtype": meta.get("dtype", "float32")}
+    if layout:
+        entry["layout"] = layout
+    entry["quantization"] = ({"scale": meta["scale"], "zero_point": meta["zero_point"]}
+                             if "scale" in meta else None)
+    return entry
+
+
 def deterministic_tar(src: Path, names: list[str], dest: Path) -> None:
     """A .tar.gz of src/<name> folders whose bytes depend only on the files' names and contents."""
     buf = io.BytesIO()
@@ -88,7 +99,9 @@ class HandoffStage(Stage):
     def run(self, ctx: Context, out: Path) -> dict:
         ds = ctx.data
         data_info = read_json(ctx.artifact("load", "data.json"))
-        report = read_json(ctx.artifact("report", "report.json"))
+        rows, _ = artifact_rows(ctx)
+        load = ctx.record("load")["metrics"]
+        test_samples = ctx.record("evaluate")["metrics"]["test_samples"]
         bundle = out
         lock = {**toolchain(), "python": platform.python_version(), "edge-compress": __version__}
         x = ds.normalize(ds.x_test[:GOLDEN_SAMPLES])
@@ -100,14 +113,13 @@ class HandoffStage(Stage):
             tdir.mkdir(parents=True)
             for f in comp["deliverables"]:
                 shutil.copyfile(ctx.artifact(comp_name, f), tdir / f)
-            tsum = next(s for s in report["targets"] if s["name"] == t.name)
-            art = next(a for a in report["artifacts"] if a["name"] == tsum["deliverable"])
+            art = deliverable(rows, t.name, comp)
             runner_backend = art["backend"]
             runner = backends.require(runner_backend).Runner(ctx.run_dir / art["file"], threads=t.threads)
             y = runner.run(x)
             np.savez(tdir / "golden.npz", x=x, y=y, labels=ds.y_test[:GOLDEN_SAMPLES])
-            int8_out = quant["engine_meta"].get("output", {}).get("dtype") == "int8"
-            out_scale = quant["engine_meta"].get("output", {}).get("scale")
+            out_meta = quant["engine_meta"].get("output") or {}
+            int8_out, out_scale = out_meta.get("dtype") == "int8", out_meta.get("scale")
             tol = {"max_abs": float(2 * out_scale) if (int8_out and out_scale) else
                    (0.25 if t.backend == "tensorrt" else 1e-3),
                    "min_argmax_agreement": 0.9 if t.backend == "tensorrt" else 1.0,
@@ -119,28 +131,24 @@ class HandoffStage(Stage):
             manifest = {
                 "manifest_version": 1,
                 "target": t.name, "device": t.device.name, "backend": t.backend,
-                "deliverable": art["file"].split("/")[-1], "precision": tsum["precision"],
-                "input": {"name": meta.get("input", {}).get("name", "input"), "shape": data_info["input_shape"],
-                          "dtype": meta.get("input", {}).get("dtype", "float32"),
-                          "layout": getattr(runner, "layout", "NCHW"),
-                          "quantization": meta.get("input", {}).get("quantization")},
-                "output": {"name": meta.get("output", {}).get("name", "logits"),
-                           "shape": [data_info["input_shape"][0], len(data_info["classes"])],
-                           "dtype": meta.get("output", {}).get("dtype", "float32"),
-                           "quantization": meta.get("output", {}).get("quantization")},
+                "deliverable": art["file"].split("/")[-1], "precision": comp.get("precision", t.precision),
+                "input": tensor_entry(meta.get("input"), "input", data_info["input_shape"],
+                                      getattr(runner, "layout", "NCHW")),
+                "output": tensor_entry(meta.get("output"), "logits",
+                                       [data_info["input_shape"][0], len(data_info["classes"])], None),
                 "preprocessing": {"scale": 1 / 255 if data_info["stored_dtype"] == "uint8" else 1.0,
                                   "mean": data_info["mean"], "std": data_info["std"],
                                   "formula": "x = (pixel * scale - mean) / std"},
                 "labels": data_info["classes"],
                 "opset": meta.get("opset"),
                 "float_layers": meta.get("float_layers", []),
-                "calibration": tsum["calibration"], "seed": ctx.config.seed,
-                "accuracy_host": art["accuracy"], "test_samples": report["test_samples"],
+                "calibration": {k: quant["calibration"][k] for k in ("name", "sha256", "size", "seed")},
+                "seed": ctx.config.seed, "accuracy_host": art["accuracy"], "test_samples": test_samples,
                 "golden": {"file": "golden.npz", "samples": GOLDEN_SAMPLES, "produced_by": art["name"], **tol},
                 "toolchain": lock,
                 "device_toolchain": ({"tensorrt": t.tensorrt.version, "jetpack": t.tensorrt.jetpack}
                                      if t.tensorrt else None),
-                "engine": tsum["engine"],
+                "engine": comp.get("engine", {}).get("status", "built"),
                 "files": files,
             }
             write_json(tdir / "manifest.json", manifest)
@@ -150,7 +158,7 @@ class HandoffStage(Stage):
                                          onnx=comp["deliverables"][0])
             q_in, q_out = manifest["input"]["quantization"], manifest["output"]["quantization"]
             (tdir / "README.md").write_text(README.format(
-                model=report["model"], device=t.device.name, target=t.name, version=__version__,
+                model=load["model"], device=t.device.name, target=t.name, version=__version__,
                 input_name=manifest["input"]["name"], input_dtype=manifest["input"]["dtype"],
                 input_shape=manifest["input"]["shape"], layout=manifest["input"]["layout"],
                 mean=data_info["mean"], std=data_info["std"],
@@ -159,7 +167,7 @@ class HandoffStage(Stage):
                 output_shape=manifest["output"]["shape"],
                 quant_out=f"; dequantize: (q - {q_out['zero_point']}) * {q_out['scale']}" if q_out else "",
                 files="\n".join(f"- `{n}`" for n in files) + "\n- `manifest.json`\n- `README.md`",
-                accuracy=f"{art['accuracy']:.4f}", samples=report["test_samples"], golden=GOLDEN_SAMPLES,
+                accuracy=f"{art['accuracy']:.4f}", samples=test_samples, golden=GOLDEN_SAMPLES,
                 backend_notes=notes))
             summary[t.name] = {"files": sorted(files), "deliverable": manifest["deliverable"]}
         deterministic_tar(bundle, [t.name for t in ctx.targets], out / "handoff.tar.gz")

@@ -55,6 +55,11 @@ def forward_logits(model: torch.nn.Module, x: torch.Tensor, num_classes: int) ->
     return y
 
 
+def teacher_artifact(metrics: dict) -> dict:
+    return {"name": "teacher", "file": "model.onnx", "backend": "onnxruntime", "precision": "fp32",
+            "params": metrics["params"], "macs": metrics["macs"]}
+
+
 def onnx_param_count(path: Path) -> int:
     import onnx
     return int(sum(np.prod(t.dims) for t in onnx.load(str(path), load_external_data=False).graph.initializer))
@@ -99,7 +104,7 @@ class LoadStage(Stage):
             lat = measure(lambda: runner.run_raw(xb), runs=ctx.config.load.latency_runs, threads=2)
             metrics.update({"accuracy": acc, "latency_p50_ms": lat["p50_ms"], "latency_engine": "onnxruntime",
                             "params": onnx_param_count(out / "model.onnx"), "macs": None})
-            return metrics
+            return metrics | {"artifacts": [teacher_artifact(metrics)]}
 
         model = models.build(spec)
         models.check_finite(model, spec.label)
@@ -124,4 +129,4 @@ class LoadStage(Stage):
         metrics.update({"accuracy": acc, "latency_p50_ms": lat["p50_ms"], "latency_engine": "torch-eager",
                         "params": models.count_params(model), "macs": models.count_macs(model, example),
                         "onnx": onnx_meta, "onnx_max_abs_diff": diff})
-        return metrics
+        return metrics | {"artifacts": [teacher_artifact(metrics)]}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.latency import host_facts
-from pipeline.report import render, schema
+from pipeline.report import html, render, schema
 from pipeline.runner import Context, Stage, write_json
 
 
@@ -24,6 +24,42 @@ def toolchain() -> dict:
     return out
 
 
+def artifact_rows(ctx: Context) -> tuple[list[dict], float | None]:
+    """The report's artifact rows from the evaluate record, and the teacher's accuracy.
+
+    Quantized artifacts inherit params and MACs from the float model they were made from."""
+    rows, teacher_acc, lineage = [], None, {}
+    for r in ctx.record("evaluate")["metrics"]["results"]:
+        if r["stage"] == "load":
+            teacher_acc = r["accuracy"]
+        if r.get("params") is not None:
+            lineage = {"params": r["params"], "macs": r.get("macs")}
+        acc = r["accuracy"]
+        rows.append({
+            "name": r["name"], "stage": r["stage"], "backend": r["backend"], "precision": r["precision"],
+            "target": r.get("target"), "file": r["path"],
+            "accuracy": acc,
+            "accuracy_delta": None,
+            "latency_p50_ms": r["latency_p50_ms"], "latency_p90_ms": r["latency_p90_ms"],
+            "latency_ci95_ms": r["latency"]["p50_ci95_ms"] if r.get("latency") else None,
+            "latency_where": "host" if r["latency_p50_ms"] is not None else None,
+            "size_bytes": r["size_bytes"],
+            "params": r.get("params", lineage.get("params")), "macs": r.get("macs", lineage.get("macs")),
+            "selected": r.get("selected"), "note": r.get("note", ""),
+        })
+    for row in rows:
+        if row["accuracy"] is not None and teacher_acc is not None:
+            row["accuracy_delta"] = row["accuracy"] - teacher_acc
+    return rows, teacher_acc
+
+
+def deliverable(rows: list[dict], target: str, compile_metrics: dict) -> dict | None:
+    """The measured row of what the target ships (for TensorRT: its host proxy, the QDQ ONNX)."""
+    return next((a for a in rows if a["target"] == target and a["accuracy"] is not None
+                 and a["selected"] is not False and a["file"]
+                 and Path(a["file"]).name in compile_metrics["deliverables"]), None)
+
+
 class ReportStage(Stage):
     name = "report"
 
@@ -37,38 +73,12 @@ class ReportStage(Stage):
 
     def run(self, ctx: Context, out: Path) -> dict:
         load = ctx.record("load")["metrics"]
-        teacher_acc = None
-        rows = []
-        lineage = {"params": load.get("params"), "macs": load.get("macs")}
-        for r in ctx.record("evaluate")["metrics"]["results"]:
-            if r["stage"] == "load":
-                teacher_acc = r["accuracy"]
-            if r.get("params") is not None:
-                lineage = {"params": r["params"], "macs": r.get("macs")}
-            rows.append(r)
-        artifacts = []
-        for r in rows:
-            acc = r["accuracy"]
-            artifacts.append({
-                "name": r["name"], "stage": r["stage"], "backend": r["backend"], "precision": r["precision"],
-                "target": r.get("target"), "file": r["path"],
-                "accuracy": acc,
-                "accuracy_delta": None if acc is None or teacher_acc is None else acc - teacher_acc,
-                "latency_p50_ms": r["latency_p50_ms"], "latency_p90_ms": r["latency_p90_ms"],
-                "latency_ci95_ms": r["latency"]["p50_ci95_ms"] if r.get("latency") else None,
-                "latency_where": "host" if r["latency_p50_ms"] is not None else None,
-                "size_bytes": r["size_bytes"],
-                "params": r.get("params", lineage["params"]), "macs": r.get("macs", lineage["macs"]),
-                "selected": r.get("selected"), "note": r.get("note", ""),
-            })
+        artifacts, teacher_acc = artifact_rows(ctx)
         targets = []
         for t in ctx.targets:
             comp = ctx.record(f"compile-{t.name}")["metrics"]
             quant = ctx.record(f"quantize-{t.name}")["metrics"]
-            deliverable = next((a for a in artifacts if a["target"] == t.name and a["accuracy"] is not None
-                                and a["selected"] is not False and a["file"]
-                                and Path(a["file"]).name in comp["deliverables"]), None)
-            targets.append(schema.target_summary(t, comp, quant, deliverable, teacher_acc))
+            targets.append(schema.target_summary(t, comp, quant, deliverable(artifacts, t.name, comp), teacher_acc))
         stages = {name: ctx.record(name) for name in ctx.statuses if name != self.name}
         report = {
             "schema_version": schema.SCHEMA_VERSION,
@@ -89,4 +99,5 @@ class ReportStage(Stage):
         schema.validate(report)
         write_json(out / "report.json", report)
         (out / "report.md").write_text(render.markdown(report))
+        (out / "report.html").write_text(html.html(report))
         return {"artifacts_reported": len(artifacts), "budgets_met": {t["name"]: t["budgets_met"] for t in targets}}

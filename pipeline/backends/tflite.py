@@ -1,0 +1,470 @@
+"""TFLite / LiteRT backend: convert with litert-torch, quantize with its PT2E quantizer, run with LiteRT.
+
+Layout. litert-torch keeps the torch model's NCHW input and inserts NCHW->NHWC transposes inside the
+graph (TFLite kernels are NHWC). By default we convert with an NHWC input instead (`layout="NHWC"`):
+the wrapper's permute cancels the converter's input transpose, so the .tflite starts directly with its
+first conv (a TRANSPOSE remains only where the model flattens activations in NCHW order), the input is
+what camera/bitmap code on a phone produces (HWC), and an INT8 model keeps an int8 input (a permute
+shares its input's quantization). `layout="NCHW"` keeps the torch layout. The layout
+is written into the .tflite as a metadata entry (`edge_compress`), which `Runner` reads.
+
+INT8. PT2E flow: torch.export (dynamic batch, so calibration runs in batches) -> prepare_pt2e with
+litert-torch's `PT2EQuantizer` (int8 per-channel symmetric weights, int8 per-tensor affine
+activations) -> calibrate -> convert_pt2e -> litert-torch conversion in STATIC QDQ mode. The converter
+always folds the boundary quantize/dequantize into int8 model I/O; for `io_dtype="float32"` a
+QUANTIZE op is put back in front of the input and a DEQUANTIZE op after the output.
+
+Files are deterministic: the same model, example and calibration data give the same bytes.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+LAYOUTS = ("NHWC", "NCHW")
+IO_DTYPES = ("int8", "float32")
+METHODS = ("minmax", "percentile", "entropy")
+PERCENTILE = 99.99  # the `percentile` method clips activations to [100 - P, P] percentiles
+CALIB_BATCH = 64
+METADATA_NAME = "edge_compress"  # metadata entry of our .tflite files: JSON with the input layout
+INSTALL_FIX = "pip install -r requirements.txt (ai-edge-litert, litert-torch)"
+_ACT_EPS = 2 ** -12  # the smallest activation scale litert-torch's own config allows
+
+
+def available() -> tuple[bool, str]:
+    """(True, "") if a TFLite interpreter (ai-edge-litert, else tflite-runtime) imports, else (False, why)."""
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+        return True, ""
+    except ImportError as e:
+        litert_error = f"ai_edge_litert: {e}"
+    try:
+        import tflite_runtime.interpreter  # noqa: F401
+        return True, ""
+    except ImportError as e:
+        return False, f"{litert_error}; tflite_runtime: {e}"
+
+
+def convert_float(model: torch.nn.Module, example: torch.Tensor, out_path: Path, layout: str = "NHWC") -> dict:
+    """Write an FP32 .tflite of `model` (switched to eval mode) traced at `example[:1]`; returns its meta."""
+    litert_torch = _import_litert_torch()
+    t0 = time.perf_counter()
+    example = _check_example(example)
+    module, args = _with_layout(model, example, _check_choice("layout", layout, LAYOUTS))
+    with _conversion_errors():
+        content = litert_torch.convert(module, (args,)).model_content()
+    _write(content, Path(out_path), layout, float_io=False)
+    meta = {"precision": "fp32", "io_dtype": "float32", "layout": layout}
+    return meta | _describe(Path(out_path)) | {"convert_s": round(time.perf_counter() - t0, 2)}
+
+
+def convert_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, out_path: Path,
+                 io_dtype: str = "int8", method: str = "minmax", float_layers: Sequence[str] = (),
+                 layout: str = "NHWC") -> dict:
+    """Write a full-integer INT8 .tflite of `model` (switched to eval mode), calibrated on `calib`.
+
+    `calib`: normalized float32 NCHW images shaped like `example`, fed CALIB_BATCH at a time.
+    `io_dtype`: "int8" (quantized model input/output, what a phone wants) or "float32" (float I/O,
+    QUANTIZE/DEQUANTIZE ops inside). `method` picks the activation observer (minmax | percentile |
+    entropy; meta["method_note"] says what was used); weights are always per-channel symmetric int8 from
+    their min/max. `float_layers`: names from `model.named_modules()` whose ops stay float (a float
+    layer at the model's input or output makes that tensor float whatever `io_dtype` says; meta
+    records the real I/O dtypes). Returns the meta of the written file.
+    """
+    litert_torch = _import_litert_torch()
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    t0 = time.perf_counter()
+    example = _check_example(example)
+    _check_choice("io_dtype", io_dtype, IO_DTYPES)
+    _check_choice("method", method, METHODS)
+    _check_choice("layout", layout, LAYOUTS)
+    calib = _check_calib(calib, example)
+    float_layers = list(float_layers)
+    unknown = sorted(set(float_layers) - {name for name, _ in model.named_modules() if name})
+    if unknown:
+        raise UserError(f"float_layers names modules the model does not have: {', '.join(unknown)}",
+                        "use names from model.named_modules(), e.g. 'fc' or 'layers.3.conv2'")
+
+    module, args = _with_layout(model, example, layout)
+    prefix = "model." if layout == "NHWC" else ""  # module paths inside the NHWC wrapper
+    quantizer, method_note = _quantizer(method, [prefix + name for name in float_layers])
+    with _conversion_errors():
+        graph, batch = _export_for_calibration(module, args)
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for i in range(0, len(calib), batch):
+                x = torch.from_numpy(calib[i:i + batch])
+                prepared(x.permute(0, 2, 3, 1) if layout == "NHWC" else x)
+        converted = convert_pt2e(prepared, fold_quantize=False)
+        # Exported from an eval-mode model already; exported GraphModules refuse .eval(), and the flag
+        # only silences litert-torch's "converted in training mode" warning.
+        converted.training = False
+        edge_model = litert_torch.convert(converted, (args,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        content = edge_model.model_content()
+    _write(content, Path(out_path), layout, float_io=io_dtype == "float32")
+    meta = {
+        "precision": "int8", "io_dtype": io_dtype, "layout": layout, "method": method,
+        "method_note": method_note,
+        "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver, quant range -127..127)",
+        "activations": "int8 per-tensor affine",
+        "calibration": {"samples": int(len(calib)), "batch": batch},
+        "float_layers": float_layers,
+    }
+    return meta | _describe(Path(out_path)) | {"convert_s": round(time.perf_counter() - t0, 2)}
+
+
+class Runner:
+    """Runs a .tflite on the LiteRT CPU interpreter (XNNPACK delegate) with torch-side NCHW input."""
+
+    def __init__(self, path: Path, threads: int = 2):
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"TFLite model {path} not found", "run the compile stage first, or pass an existing .tflite")
+        interpreter_class, layout_from_file = _interpreter_class()
+        try:
+            self._interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise UserError(f"cannot load TFLite model {path}: {e}", "re-create it with the compile stage (--force)") from None
+        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][0] != 1:
+            raise UserError(f"{path}: expected one batch-1 4-D image input and one output, found inputs "
+                            f"{[list(d['shape']) for d in inputs]} and {len(outputs)} outputs",
+                            "convert a single-input classifier at batch 1")
+        self._in, self._out = inputs[0], outputs[0]
+        shape = tuple(int(d) for d in self._in["shape"])
+        self.layout: str = layout_from_file(path) or _guess_layout(shape)
+        self.input_shape: tuple = shape if self.layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+        self.io_dtype: str = np.dtype(self._in["dtype"]).name
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Float32 NCHW batch -> the model's input tensors: NHWC if the model wants it, quantized if int8."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != self.input_shape[1:] or len(x) == 0:
+            raise UserError(f"input batch has shape {x.shape}, the model takes (N, {', '.join(map(str, self.input_shape[1:]))})",
+                            "pass normalized float32 NCHW images of the model's input size")
+        if self.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        dtype = np.dtype(self._in["dtype"])
+        if dtype.kind in "iu":
+            scale, zero_point = self._in["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+        return np.ascontiguousarray(x)
+
+    def run_raw(self, x: np.ndarray) -> np.ndarray:
+        """One invoke on one prepared batch-1 input; returns the raw output tensor (int8 stays int8)."""
+        self._interpreter.set_tensor(self._in["index"], x)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._out["index"])
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Float32 NCHW batch (N >= 1) -> float32 outputs (N, ...), dequantized if the output is integer."""
+        prepared = self.prepare(x)
+        raw = np.concatenate([self.run_raw(prepared[i:i + 1]) for i in range(len(prepared))])
+        if np.dtype(self._out["dtype"]).kind in "iu":
+            scale, zero_point = self._out["quantization"]
+            return ((raw.astype(np.float32) - zero_point) * scale).astype(np.float32)
+        return raw.astype(np.float32)
+
+
+# --- conversion helpers ---------------------------------------------------------------------------
+
+class _NHWCInput(torch.nn.Module):
+    """Takes NHWC images and hands the wrapped NCHW model NCHW ones."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.permute(0, 3, 1, 2))
+
+
+def _import_litert_torch() -> Any:
+    try:
+        import litert_torch
+    except ImportError as e:
+        raise UserError(f"converting to TFLite needs litert-torch, which does not import here ({e})", INSTALL_FIX) from None
+    return litert_torch
+
+
+@contextlib.contextmanager
+def _conversion_errors() -> Iterator[None]:
+    """A model that torch.export or litert-torch cannot handle is a user error: one line, cause chained."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 -- export/lowering raise many types; all mean "this model does not convert"
+        first_line = next(iter(str(e).strip().splitlines()), "")
+        raise UserError(f"TFLite conversion failed: {type(e).__name__}: {first_line}",
+                        "make the model torch.export-able at a fixed input shape with LiteRT-supported ops "
+                        "(the full error is chained to this one)") from e
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UserError(f"unknown TFLite {what} '{value}'", f"use one of {', '.join(choices)}")
+    return value
+
+
+def _check_example(example: torch.Tensor) -> torch.Tensor:
+    if not isinstance(example, torch.Tensor) or example.ndim != 4 or not example.is_floating_point():
+        got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
+        raise UserError(f"the TFLite converter needs a float NCHW example input, got {got}",
+                        "pass a (1, C, H, W) float32 tensor")
+    return example[:1].detach().float().contiguous()
+
+
+def _check_calib(calib: np.ndarray, example: torch.Tensor) -> np.ndarray:
+    calib = np.asarray(calib)
+    if calib.ndim != 4 or calib.shape[1:] != tuple(example.shape[1:]) or len(calib) == 0:
+        raise UserError(f"calibration set has shape {calib.shape}, the model takes (N, {', '.join(map(str, example.shape[1:]))})",
+                        "pass at least one normalized image of the model's input size")
+    if calib.dtype.kind != "f":
+        raise UserError(f"calibration images are {calib.dtype}, not normalized float",
+                        "normalize them first (Dataset.normalize) so they match what the model sees")
+    if not np.isfinite(calib).all():
+        raise UserError("calibration images contain NaN or inf", "check the calibration set and its normalization")
+    return np.ascontiguousarray(calib, dtype=np.float32)
+
+
+def _with_layout(model: torch.nn.Module, example: torch.Tensor, layout: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The module to convert and its example input, for the requested .tflite input layout."""
+    model.eval()
+    if layout == "NHWC":
+        return _NHWCInput(model).eval(), example.permute(0, 2, 3, 1).contiguous()
+    return model, example
+
+
+def _export_for_calibration(module: torch.nn.Module, example: torch.Tensor) -> tuple[torch.fx.GraphModule, int]:
+    """torch.export with a dynamic batch, so calibration runs CALIB_BATCH images per call.
+
+    A model whose code pins the batch size cannot be exported that way; it is exported at batch 1 and
+    calibrated one image at a time (same result, slower). The conversion itself re-traces at batch 1.
+    """
+    try:
+        program = torch.export.export(module, (torch.cat([example, example]),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        return program.module(), CALIB_BATCH
+    except Exception:  # noqa: BLE001 -- torch raises several types for a batch it had to specialize
+        return torch.export.export(module, (example,)).module(), 1
+
+
+def _quantizer(method: str, float_paths: list[str]) -> tuple[Any, str]:
+    """litert-torch's PT2EQuantizer with our activation observer, leaving `float_paths` unannotated.
+
+    `PT2EQuantizer.set_module_name` cannot express "keep float" (it asserts a config) and its module
+    filter does not match torch 2.13's nn_module_stack keys, so module selection is done here.
+    """
+    from litert_torch.quantize import pt2e_quantizer as pq
+    from litert_torch.quantize.pt2e_quantizer_utils import OP_TO_ANNOTATOR, propagate_annotation
+
+    observer, note = _activation_observer(method)
+    base = pq.get_symmetric_quantization_config(is_per_channel=True)
+    act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=_ACT_EPS))
+    config = dataclasses.replace(base, input_activation=act, output_activation=act)
+
+    def quantize_node(node: torch.fx.Node) -> bool:
+        paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+        return not any(p == f or p.startswith(f + ".") for p in paths for f in float_paths)
+
+    class Quantizer(pq.PT2EQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            for op in self.STATIC_OPS:
+                OP_TO_ANNOTATOR[op](model, self.global_config, quantize_node)
+            propagate_annotation(model)
+            return model
+
+    return Quantizer().set_global(config), note
+
+
+def _activation_observer(method: str) -> tuple[type, str]:
+    """The torchao observer class for activations, and a note on how it maps to `method`."""
+    from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
+
+    if method == "minmax":
+        return MinMaxObserver, "activations: min/max over the calibration set (MinMaxObserver)"
+    if method == "entropy":
+        return HistogramObserver, (
+            "the PT2E quantizer offers no KL-divergence (entropy) observer; used the closest, HistogramObserver, "
+            "which picks the clipping range that minimizes the L2 quantization error on a 2048-bin histogram")
+
+    class PercentileObserver(HistogramObserver):
+        """HistogramObserver that clips to the [100 - PERCENTILE, PERCENTILE] percentiles of its histogram."""
+
+        def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+            if torch.isinf(self.min_val):  # never observed: the base class warns and returns defaults
+                return super().calculate_qparams()
+            cdf = torch.cumsum(self.histogram, 0) / self.histogram.sum()
+            width = (self.max_val - self.min_val) / self.bins
+            q = torch.tensor([1 - PERCENTILE / 100, PERCENTILE / 100], dtype=cdf.dtype)
+            lo_bin, hi_bin = torch.searchsorted(cdf, q).clamp(max=self.bins - 1)
+            return self._calculate_qparams(self.min_val + width * lo_bin, self.min_val + width * (hi_bin + 1))
+
+    return PercentileObserver, (
+        f"the PT2E quantizer offers no percentile observer; used a HistogramObserver subclass that clips "
+        f"activations to their {100 - PERCENTILE:g}/{PERCENTILE:g} percentiles over the calibration set")
+
+
+def _write(content: bytes, out_path: Path, layout: str, float_io: bool) -> None:
+    """Add our metadata entry (and float I/O if asked) to the converter's flatbuffer and write it."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    if float_io:
+        _add_float_io(model)
+    buffer = fb.BufferT()
+    buffer.data = np.frombuffer(json.dumps({"layout": layout}).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = fb.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _add_float_io(model: Any) -> None:
+    """Give each int8 input/output of the main subgraph a float32 twin joined by QUANTIZE / DEQUANTIZE."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    graph = model.subgraphs[0]
+
+    # op versions as the converter writes them: QUANTIZE float->int8 is v1, DEQUANTIZE int8->float v2
+    versions = {fb.BuiltinOperator.QUANTIZE: 1, fb.BuiltinOperator.DEQUANTIZE: 2}
+
+    def opcode_index(code: int) -> int:
+        for i, op in enumerate(model.operatorCodes):
+            if max(op.builtinCode, op.deprecatedBuiltinCode) == code and op.version == versions[code]:
+                return i
+        op = fb.OperatorCodeT()
+        op.builtinCode, op.deprecatedBuiltinCode, op.version = code, min(code, 127), versions[code]
+        model.operatorCodes.append(op)
+        return len(model.operatorCodes) - 1
+
+    def float_twin(index: int) -> int:
+        quantized = graph.tensors[index]
+        twin = fb.TensorT()
+        twin.name, twin.shape, twin.shapeSignature = quantized.name, quantized.shape, quantized.shapeSignature
+        twin.type = fb.TensorType.FLOAT32
+        model.buffers.append(fb.BufferT())
+        twin.buffer = len(model.buffers) - 1
+        quantized.name += b"_int8"  # the float twin takes over the signature's tensor name
+        graph.tensors.append(twin)
+        return len(graph.tensors) - 1
+
+    def operator(code: int, source: int, target: int) -> Any:
+        op = fb.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = opcode_index(code), [source], [target]
+        return op
+
+    renamed = {}
+    for k, index in enumerate(graph.inputs):
+        if graph.tensors[index].type == fb.TensorType.INT8:
+            renamed[index] = graph.inputs[k] = float_twin(index)
+            graph.operators.insert(0, operator(fb.BuiltinOperator.QUANTIZE, renamed[index], index))
+    for k, index in enumerate(graph.outputs):
+        if graph.tensors[index].type == fb.TensorType.INT8:
+            renamed[index] = graph.outputs[k] = float_twin(index)
+            graph.operators.append(operator(fb.BuiltinOperator.DEQUANTIZE, index, renamed[index]))
+    for signature in model.signatureDefs or []:
+        for tensor_map in [*signature.inputs, *signature.outputs]:
+            tensor_map.tensorIndex = renamed.get(tensor_map.tensorIndex, tensor_map.tensorIndex)
+
+
+def _describe(path: Path) -> dict:
+    """Meta read back from the written file: I/O tensors, op counts, size, hash, converter versions."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    interpreter = Interpreter(model_path=str(path))
+    model = flatbuffer_utils.read_model(path)
+    graph = model.subgraphs[0]
+    type_name = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    ops, float_ops, quantized_ops = Counter(), Counter(), 0
+    for op in graph.operators:  # an op counts as quantized / float by the type of its (first) output
+        name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+        ops[name] += 1
+        out_type = type_name[graph.tensors[op.outputs[0]].type]
+        if out_type in ("INT8", "UINT8", "INT16"):
+            quantized_ops += 1
+        elif out_type.startswith("FLOAT"):
+            float_ops[name] += 1
+    data = path.read_bytes()
+    return {
+        "input": _tensor_meta(interpreter.get_input_details()[0]),
+        "output": _tensor_meta(interpreter.get_output_details()[0]),
+        "ops": dict(sorted(ops.items())),
+        "ops_quantized": quantized_ops,
+        "ops_float": sum(float_ops.values()),
+        "float_ops": dict(sorted(float_ops.items())),
+        "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "converter": f"litert-torch {_version('litert-torch')}",
+        "versions": {p: _version(p) for p in ("litert-torch", "ai-edge-litert", "torch", "torchao")},
+    }
+
+
+def _tensor_meta(detail: dict) -> dict:
+    scale, zero_point = detail["quantization"]
+    meta = {"name": detail["name"], "shape": [int(d) for d in detail["shape"]], "dtype": np.dtype(detail["dtype"]).name}
+    if np.dtype(detail["dtype"]).kind in "iu":
+        meta |= {"scale": float(scale), "zero_point": int(zero_point)}
+    return meta
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+# --- runtime helpers ------------------------------------------------------------------------------
+
+def _interpreter_class() -> tuple[type, Callable[[Path], str | None]]:
+    """The interpreter class and a reader of our layout metadata (ai-edge-litert; tflite-runtime as fallback)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, _layout_from_metadata
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+    except ImportError:
+        raise UserError("no TFLite interpreter here (neither ai-edge-litert nor tflite-runtime imports)", INSTALL_FIX) from None
+    return Interpreter, lambda path: None  # tflite-runtime ships no flatbuffer schema to read metadata with
+
+
+def _layout_from_metadata(path: Path) -> str | None:
+    """The layout recorded in our metadata entry, or None for a .tflite we did not write."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    data = path.read_bytes()
+    model = fb.Model.GetRootAs(data, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == METADATA_NAME.encode():
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())["layout"]
+    return None
+
+
+def _guess_layout(shape: tuple[int, ...]) -> str:
+    """Layout of a foreign 4-D input: channels are the smaller of dims 1 and 3 (TFLite's NHWC on a tie)."""
+    return "NCHW" if shape[1] < shape[3] else "NHWC"

@@ -1,0 +1,193 @@
+"""pipeline/backends/onnxruntime.py: export, INT8 QDQ quantization and the CPU runner, on real
+Fashion-MNIST with a small CNN trained for 100 steps in the fixture."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import nn
+
+from pipeline.backends import onnxruntime as ort_backend
+from pipeline.errors import UserError
+from pipeline.models.resnet import small_resnet
+
+
+def tiny_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
+
+
+@pytest.fixture(scope="module")
+def trained(fmnist, tmp_path_factory) -> dict:
+    """A 2-layer CNN trained 100 steps on real data, its FP32 ONNX, test images and calibration images."""
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    x_tr = torch.from_numpy(fmnist.normalize(fmnist.x_train[:6400]))
+    y_tr = torch.from_numpy(fmnist.y_train[:6400])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # a tiny net: one thread is fastest and does not fight other jobs
+    try:
+        for _ in range(100):
+            idx = torch.randint(0, len(x_tr), (64,))
+            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    d = tmp_path_factory.mktemp("ort")
+    x_test = fmnist.normalize(fmnist.x_test[:256])
+    meta = ort_backend.export_onnx(model, torch.from_numpy(x_test[:1]), d / "fp32.onnx")
+    return {"model": model, "dir": d, "onnx": d / "fp32.onnx", "meta": meta, "x": x_test, "y": fmnist.y_test[:256],
+            "calib": fmnist.normalize(fmnist.x_train[-256:])}
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_available():
+    ok, reason = ort_backend.available()
+    assert ok and reason.startswith("onnxruntime ") and "CPUExecutionProvider" in reason
+
+
+def test_export_small_resnet_is_static_simplified_and_deterministic(tmp_path):
+    torch.manual_seed(0)
+    model, x = small_resnet().eval(), torch.randn(1, 1, 28, 28)
+    a = ort_backend.export_onnx(model, x, tmp_path / "a.onnx")
+    b = ort_backend.export_onnx(model, x, tmp_path / "b.onnx")
+    assert sha(tmp_path / "a.onnx") == sha(tmp_path / "b.onnx") == a["sha256"] == b["sha256"]
+    assert a["opset"] == 17 and a["exporter"].startswith("torch.onnx.export (TorchScript")
+    assert a["input"] == {"name": "input", "shape": [1, 1, 28, 28]}
+    assert a["output"] == {"name": "logits", "shape": [1, 10]}
+    # BatchNorm folded into Conv, Identity nodes removed, pooling kept as GlobalAveragePool
+    assert set(a["op_types"]) == {"Conv", "Relu", "Add", "GlobalAveragePool", "Flatten", "Gemm"}
+    assert a["max_abs_diff_vs_torch"] < 1e-4
+    m = onnx.load(str(tmp_path / "a.onnx"))
+    assert next(o.version for o in m.opset_import if o.domain == "") == 17
+    assert model.training is False
+
+
+def test_export_keeps_training_flag_and_dynamic_batch(trained, tmp_path):
+    model = trained["model"].train()
+    meta = ort_backend.export_onnx(model, torch.from_numpy(trained["x"][:1]), tmp_path / "dyn.onnx", dynamic_batch=True)
+    assert model.training, "export must restore the caller's train/eval mode"
+    model.eval()
+    assert meta["input"]["shape"] == ["batch", 1, 28, 28] and meta["dynamic_batch"]
+    dyn, static = ort_backend.Runner(tmp_path / "dyn.onnx"), ort_backend.Runner(trained["onnx"])
+    assert dyn.input_shape == (None, 1, 28, 28) and static.input_shape == (1, 1, 28, 28)
+    np.testing.assert_allclose(dyn.run(trained["x"][:9]), static.run(trained["x"][:9]), atol=1e-5)
+
+
+def test_export_rejects_bad_arguments(trained, tmp_path):
+    with pytest.raises(UserError, match="opset 16"):
+        ort_backend.export_onnx(trained["model"], torch.zeros(1, 1, 28, 28), tmp_path / "x.onnx", opset=16)
+    with pytest.raises(UserError, match="float32 torch.Tensor"):
+        ort_backend.export_onnx(trained["model"], np.zeros((1, 1, 28, 28), np.float32), tmp_path / "x.onnx")
+
+
+def test_runner_matches_torch_and_loops_a_fixed_batch(trained):
+    r = ort_backend.Runner(trained["onnx"], threads=1, opt_level="basic")
+    assert r.input_name == "input" and r.layout == "NCHW"
+    out = r.run(trained["x"][:7])
+    with torch.no_grad():
+        ref = trained["model"](torch.from_numpy(trained["x"][:7])).numpy()
+    assert out.dtype == np.float32 and out.shape == (7, 10)
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+    p = r.prepare(trained["x"])
+    assert p.shape == (1, 1, 28, 28) and p.flags.c_contiguous
+    np.testing.assert_allclose(r.run_raw(p), out[:1], atol=1e-6)
+
+
+def test_runner_errors_are_user_errors(trained, tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        ort_backend.Runner(tmp_path / "missing.onnx")
+    with pytest.raises(UserError, match="optimization level"):
+        ort_backend.Runner(trained["onnx"], opt_level="max")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="cannot load"):
+        ort_backend.Runner(tmp_path / "junk.onnx")
+    r = ort_backend.Runner(trained["onnx"])
+    with pytest.raises(UserError, match="expects"):
+        r.run(np.zeros((2, 1, 32, 32), np.float32))
+    with pytest.raises(UserError, match="expects"):
+        r.run(np.zeros((28, 28), np.float32))
+
+
+def weight_dq(model: onnx.ModelProto, conv: onnx.NodeProto) -> onnx.NodeProto | None:
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return producers.get(conv.input[1])
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_quantize_int8_runs_and_agrees_with_fp32(trained, method):
+    out = trained["dir"] / f"int8-{method}.onnx"
+    meta = ort_backend.quantize_int8(trained["onnx"], trained["calib"], out, method=method)
+    assert meta["method"] == method and meta["activation_type"] == "QUInt8" and meta["weight_type"] == "QInt8"
+    assert meta["n_calibration"] == 256 and meta["excluded"] == [] and meta["sha256"] == sha(out)
+    assert meta["n_quantize_linear"] > 0 and meta["n_dequantize_linear"] > meta["n_quantize_linear"]
+    # both convs and the classifier are quantized
+    assert meta["float_layers"] == [] and meta["n_quantized_nodes"] >= 3
+    m = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    for conv in (n for n in m.graph.node if n.op_type == "Conv"):
+        dq = weight_dq(m, conv)
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int8
+        scale = inits[dq.input[1]]
+        assert scale.shape == (inits[dq.input[0]].shape[0],), "per-channel weight scale"
+        assert not np.any(inits[dq.input[2]]), "symmetric int8 weights"
+    fp32 = ort_backend.Runner(trained["onnx"]).run(trained["x"])
+    q = ort_backend.Runner(out).run(trained["x"])
+    agreement = float((q.argmax(1) == fp32.argmax(1)).mean())
+    acc_fp32 = float((fp32.argmax(1) == trained["y"]).mean())
+    acc_int8 = float((q.argmax(1) == trained["y"]).mean())
+    assert acc_fp32 > 0.7, "the fixture model must have learned something"
+    assert agreement >= 0.96, f"{method}: argmax agreement {agreement}"
+    assert acc_fp32 - acc_int8 <= 0.02, f"{method}: accuracy {acc_fp32} -> {acc_int8}"
+
+
+def test_entropy_gives_the_minmax_model_in_this_onnxruntime(trained):
+    """Documents (and watches) the pitfall recorded in ENTROPY_NOTE: onnxruntime's entropy
+    calibration, as quantize_static runs it, returns the MinMax ranges."""
+    d = trained["dir"]
+    ent = ort_backend.quantize_int8(trained["onnx"], trained["calib"], d / "ent.onnx", method="entropy")
+    mm = ort_backend.quantize_int8(trained["onnx"], trained["calib"], d / "mm.onnx", method="minmax")
+    assert ent["note"] == ort_backend.ENTROPY_NOTE and "note" not in mm
+    assert ent["sha256"] == mm["sha256"]
+
+
+def test_quantize_int8_excludes_nodes_and_symmetric_activations(trained):
+    first_conv = next(n.name for n in onnx.load(str(trained["onnx"])).graph.node if n.op_type == "Conv")
+    out = trained["dir"] / "int8-excl.onnx"
+    meta = ort_backend.quantize_int8(trained["onnx"], trained["calib"], out, exclude_nodes=[first_conv],
+                                     activation_symmetric=True, per_channel=False)
+    assert meta["excluded"] == [first_conv] and meta["float_layers"] == [first_conv]
+    assert meta["activation_symmetric"] and not meta["per_channel"]
+    m = onnx.load(str(out))
+    conv = next(n for n in m.graph.node if n.name == first_conv)
+    assert weight_dq(m, conv) is None or weight_dq(m, conv).op_type != "DequantizeLinear"
+    assert ort_backend.Runner(out).run(trained["x"][:4]).shape == (4, 10)
+
+
+def test_quantize_int8_user_errors(trained, tmp_path):
+    calib, src, out = trained["calib"], trained["onnx"], tmp_path / "q.onnx"
+    with pytest.raises(UserError, match="calibration method"):
+        ort_backend.quantize_int8(src, calib, out, method="kl")
+    with pytest.raises(UserError, match="empty"):
+        ort_backend.quantize_int8(src, calib[:0], out)
+    with pytest.raises(UserError, match="model expects"):
+        ort_backend.quantize_int8(src, np.zeros((4, 3, 28, 28), np.float32), out)
+    with pytest.raises(UserError, match="float32"):
+        ort_backend.quantize_int8(src, (calib * 255).astype(np.uint8), out)
+    with pytest.raises(UserError, match="not found in the graph"):
+        ort_backend.quantize_int8(src, calib, out, exclude_nodes=["/no/such/Conv"])
+    with pytest.raises(UserError, match="not found"):
+        ort_backend.quantize_int8(tmp_path / "missing.onnx", calib, out)
