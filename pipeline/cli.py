@@ -12,6 +12,7 @@ from pipeline import __version__
 from pipeline.errors import UserError
 
 OS_USER_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EFBIG: "a file size limit was hit (disk full or ulimit -f)",
                   errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only",
                   errno.EPERM: "operation not permitted"}
 
@@ -77,11 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--baseline-run", help="run folder holding the baseline's artifact files (enables interleaved timing)")
     g.add_argument("--interleaved-runs", type=int, default=None, metavar="N",
                    help="rounds of interleaved baseline/candidate timing (default 60; 0: compare stored figures)")
-    g.add_argument("--threads", type=int, help="inference threads for interleaved timing (default: the target's)")
+    g.add_argument("--threads", type=int, help="inference threads for interleaved timing (default 1)")
     g.add_argument("--junit", help="write JUnit XML here (one testcase per check)")
     g.add_argument("--markdown", help="write a Markdown summary here")
     g.add_argument("--update-baseline", action="store_true",
                    help="write the (trimmed) candidate to the --baseline path and exit 0")
+
+    v = sub.add_parser("verify", help="check a hand-off bundle: sha256, outputs vs golden.npz, latency, no absolute paths")
+    v.add_argument("bundle", help="a run's handoff/ folder, one target's folder, or handoff.tar.gz")
+    v.add_argument("--threads", type=int, default=2, help="inference threads for the output check and timing")
+    v.add_argument("--runs", type=int, default=100, help="timed runs per target (default 100)")
+
+    b = sub.add_parser("bench", help="on the device: build the engine if missing, check golden outputs, time it, "
+                                     "write a device report")
+    b.add_argument("--bundle", required=True, help="a run's handoff/ folder or one target's folder")
+    b.add_argument("--target", help="which target folder (default: the bundle's only one)")
+    b.add_argument("--out", default="device_report.json", help="device report to write (default %(default)s)")
+    b.add_argument("--warmup", type=int, default=50, help="untimed runs before timing")
+    b.add_argument("--runs", type=int, default=1000, help="timed runs")
+    b.add_argument("--threads", type=int, default=2, help="CPU threads for tflite/onnxruntime bundles")
+
+    rp = sub.add_parser("report", help="merge device reports into a run's report (report.json/md/html)")
+    rp.add_argument("run_dir", help="the run folder (holds report.json and handoff/)")
+    rp.add_argument("--device-report", action="append", required=True, metavar="FILE",
+                    help="a device report from `bench` or build_engine.py (repeatable)")
 
     for sp in (r, c, *sub.choices.values()):
         if not any(a.dest == "debug" for a in sp._actions):
@@ -204,7 +224,29 @@ def cmd_gate(a) -> int:
     return result.exit_code
 
 
-COMMANDS = {"run": cmd_run, "targets": cmd_targets, "calibrate": cmd_calibrate, "gate": cmd_gate}
+def cmd_verify(a) -> int:
+    from pipeline import verify
+    result = verify.verify(Path(a.bundle), threads=a.threads, runs=a.runs)
+    print(verify.text(result))
+    return result.exit_code
+
+
+def cmd_bench(a) -> int:
+    from pipeline import device
+    report = device.bench(Path(a.bundle), a.target, Path(a.out), warmup=a.warmup, runs=a.runs, threads=a.threads)
+    print(device.summary(report, Path(a.out)))
+    return device.exit_code(report)
+
+
+def cmd_report(a) -> int:
+    from pipeline import device
+    for line in device.merge(Path(a.run_dir), [Path(f) for f in a.device_report]):
+        print(line)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "targets": cmd_targets, "calibrate": cmd_calibrate, "gate": cmd_gate,
+            "verify": cmd_verify, "bench": cmd_bench, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,8 @@ class ModelSpec:
 
 
 def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) -> ModelSpec:
+    if weights and not Path(weights).is_file():
+        raise UserError(f"weights file not found: {weights}", "check the --weights path")
     if spec in ("", "default"):
         return ModelSpec("factory", ROOT / DEFAULT_FACTORY.split(":")[0], "small_resnet",
                          Path(weights) if weights else DEFAULT_WEIGHTS)
@@ -69,10 +71,7 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
         if not inside and not trust:
             raise UserError(f"{file} is Python code from outside this repository",
                             "pass --trust-model if you trust it (it will be executed)")
-        w = Path(weights) if weights else None
-        if w is not None and not w.is_file():
-            raise UserError(f"weights file not found: {weights}", "check the --weights path")
-        return ModelSpec("factory", p, factory, w)
+        return ModelSpec("factory", p, factory, Path(weights) if weights else None)
     raise UserError(f"cannot tell what model '{spec}' is",
                     "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx or 'default'")
 
@@ -160,9 +159,18 @@ def architecture(model: nn.Module) -> dict:
     return arch
 
 
+def write_failed(path: Path, err: Exception) -> UserError:
+    """torch's writers report a failed write (full disk, quota, size limit) as RuntimeError."""
+    return UserError(f"writing {path.name} failed ({str(err).splitlines()[0][:120]}): the disk may be full",
+                     "free disk space or choose another --out, then run the same command again")
+
+
 def save_model(model: nn.Module, path: Path) -> None:
     """Weights-only file: state_dict + layer shape attributes (see rebuild)."""
-    torch.save({"state_dict": model.state_dict(), "architecture": architecture(model)}, path)
+    try:
+        torch.save({"state_dict": model.state_dict(), "architecture": architecture(model)}, path)
+    except RuntimeError as e:
+        raise write_failed(path, e) from e
 
 
 def rebuild(model: nn.Module, saved: dict) -> nn.Module:
@@ -198,7 +206,10 @@ def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     except Exception as e:  # noqa: BLE001
         raise UserError(f"torch.export failed: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}",
                         "make the model's forward traceable (no data-dependent Python control flow)") from None
-    torch.export.save(ep, str(path))
+    try:
+        torch.export.save(ep, str(path))
+    except RuntimeError as e:
+        raise write_failed(path, e) from e
 
 
 def count_params(model: nn.Module) -> int:

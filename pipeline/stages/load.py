@@ -94,8 +94,8 @@ class LoadStage(Stage):
                          "classes": ds.num_classes}
 
         if spec.kind == "onnx":
+            runner = ort_backend.Runner(spec.path, threads=2)  # errors name the user's file
             shutil.copyfile(spec.path, out / "model.onnx")
-            runner = ort_backend.Runner(out / "model.onnx", threads=2)
             if list(runner.input_shape)[1:] != shape[1:]:
                 raise UserError(f"{spec.path.name} takes input {list(runner.input_shape)}, the data gives {shape}",
                                 "pass data of the model's input shape")
