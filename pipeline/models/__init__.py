@@ -10,6 +10,7 @@ and `model.onnx` (FP32).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
 
 
 def _import_factory(spec: ModelSpec):
-    name = f"_edge_compress_user_model_{abs(hash(spec.path.resolve()))}"
+    # A stable name: it reaches tensor names in exported graphs, so it must not vary per process.
+    name = f"_edge_compress_user_model_{hashlib.sha256(str(spec.path.resolve()).encode()).hexdigest()[:16]}"
     mod = sys.modules.get(name)
     if mod is None:
         ispec = importlib.util.spec_from_file_location(name, spec.path)

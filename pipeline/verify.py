@@ -1,0 +1,293 @@
+"""`python -m pipeline verify BUNDLE`: check a hand-off bundle the way the embedded team receives it.
+
+BUNDLE is a run's `handoff/` folder, one target's sub-folder, or `handoff.tar.gz` (extracted to a
+temporary folder; members with absolute paths, `..`, links or device files are refused). For every
+target folder (one holding a `manifest.json`):
+
+- files: each sha256 listed in the manifest matches (a changed or missing file fails, named); a file
+  the manifest does not list is reported (it may be what a device build wrote, e.g. model.plan);
+- outputs: the deliverable is loaded with its runtime (ONNX -> onnxruntime, .tflite -> LiteRT; a
+  TensorRT target's QDQ ONNX, the host proxy the golden outputs came from, in onnxruntime) and its
+  outputs for `golden.npz` are compared with the expected ones within the manifest's tolerances
+  (`golden.max_abs`, `golden.min_argmax_agreement`). A TensorRT plan is checked only where TensorRT and
+  a GPU are present; otherwise the verdict says so. A runtime missing here is "not checked", not a pass;
+- latency: p50 of the deliverable on this machine (pipeline.latency.measure), labelled as such;
+- the toolchain lock is in the manifest, and no text in the bundle holds an absolute path of a build
+  machine (/home, /root, /tmp, /work, /Users, ...).
+
+Exit codes (via the CLI): 0 every check passed, 1 a check failed, 2 a usage error (UserError).
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import re
+import tarfile
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+
+from pipeline import backends
+from pipeline.errors import UserError
+from pipeline.latency import measure
+from pipeline.runner import sha256_file
+
+MANIFEST = "manifest.json"
+UNLISTED_OK = ("manifest.json", "README.md")        # written after the manifest's file list, so not in it
+PACKAGING = ("stage.json", "handoff.tar.gz")        # the handoff stage's own record and the tarball
+ABSOLUTE_PATH = re.compile(rb"(?<![\w.~-])(/home/|/root/|/tmp/|/work/|/Users/|/private/var/|/var/folders/|/mnt/|"
+                           rb"[A-Za-z]:\\Users\\)")
+TOOLCHAIN_KEYS = ("python", "edge-compress")
+RUNTIME_OF_BACKEND = {"onnxruntime": "onnxruntime", "tflite": "tflite", "tensorrt": "onnxruntime"}
+
+
+@dataclass
+class TargetResult:
+    """What verify found for one target folder."""
+
+    name: str
+    backend: str
+    device: str
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files_listed: int = 0
+    sound: list[str] = field(default_factory=list)          # listed files whose sha256 matched
+    outputs: str = "not checked"
+    latency: str = "not measured"
+    engine: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class BundleResult:
+    """What verify found for a whole bundle."""
+
+    path: str
+    targets: list[TargetResult]
+    failures: list[str] = field(default_factory=list)     # bundle-wide (absolute paths)
+    warnings: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and all(t.ok for t in self.targets)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+
+# ---------------------------------------------------------------- opening a bundle
+def safe_extract(tar_path: Path, dest: Path) -> None:
+    """Extract a .tar.gz into dest, refusing any member that could land outside it or is not a plain
+    file or folder (absolute paths, `..`, links, devices)."""
+    try:
+        with tarfile.open(tar_path, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                if m.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", m.name) or ".." in PurePosixPath(m.name).parts:
+                    raise UserError(f"{tar_path} has an unsafe member path '{m.name}' (absolute or with ..)",
+                                    "do not use this archive; ask for the bundle again")
+                if not (m.isfile() or m.isdir()):
+                    raise UserError(f"{tar_path} has a member '{m.name}' that is not a plain file or folder",
+                                    "do not use this archive; ask for the bundle again")
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise UserError(f"cannot read {tar_path} as a .tar.gz ({e})", "pass an intact handoff.tar.gz") from None
+
+
+@contextlib.contextmanager
+def open_bundle(path: Path) -> Iterator[Path]:
+    """The bundle's folder: `path` itself, or a temporary extraction of a .tar.gz (removed afterwards)."""
+    path = Path(path)
+    if path.is_dir():
+        yield path
+    elif path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        with tempfile.TemporaryDirectory(prefix="edge-compress-verify.") as tmp:
+            safe_extract(path, Path(tmp))
+            yield Path(tmp)
+    elif path.exists():
+        raise UserError(f"{path} is not a bundle folder or a .tar.gz",
+                        "pass a run's handoff/ folder, one target's folder, or handoff.tar.gz")
+    else:
+        raise UserError(f"{path} does not exist", "pass a run's handoff/ folder, one target's folder, or handoff.tar.gz")
+
+
+def target_dirs(root: Path) -> list[Path]:
+    """Folders holding a manifest.json: root itself, its sub-folders, or those of root/handoff."""
+    if (root / MANIFEST).is_file():
+        return [root]
+    for base in (root, root / "handoff"):
+        found = sorted(p.parent for p in base.glob(f"*/{MANIFEST}")) if base.is_dir() else []
+        if found:
+            return found
+    raise UserError(f"no {MANIFEST} in {root} or its sub-folders: not a hand-off bundle",
+                    "pass a run's handoff/ folder, one target's folder, or handoff.tar.gz")
+
+
+def read_manifest(tdir: Path) -> dict:
+    try:
+        m = json.loads((tdir / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {tdir / MANIFEST}: {e}", "ask for the bundle again") from None
+    for k in ("target", "backend", "deliverable", "files", "golden"):
+        if k not in m:
+            raise UserError(f"{tdir / MANIFEST} lacks '{k}'", "regenerate the bundle with this version of the tool")
+    return m
+
+
+# ---------------------------------------------------------------- checks
+def check_files(tdir: Path, manifest: dict, res: TargetResult) -> None:
+    """Every listed sha256 matches; unlisted files are reported as warnings."""
+    res.files_listed = len(manifest["files"])
+    for name, want in manifest["files"].items():
+        p = tdir / name
+        if not p.is_file():
+            res.failures.append(f"missing file: {name}")
+        elif sha256_file(p) != want:
+            res.failures.append(f"sha256 mismatch: {name} (changed since the bundle was made)")
+        else:
+            res.sound.append(name)
+    listed = set(manifest["files"]) | set(UNLISTED_OK)
+    for p in sorted(tdir.rglob("*")):
+        rel = p.relative_to(tdir).as_posix()
+        if p.is_file() and rel not in listed:
+            res.warnings.append(f"extra file not in the manifest: {rel}")
+    lock = manifest.get("toolchain") or {}
+    missing = [k for k in TOOLCHAIN_KEYS if not lock.get(k)]
+    if not lock or missing:
+        res.failures.append("toolchain lock missing from manifest.json" + (f" ({', '.join(missing)})" if lock else ""))
+
+
+def absolute_paths(root: Path) -> list[str]:
+    """'file: /home/...' for every file under root that contains an absolute path of a build machine."""
+    found = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name == "handoff.tar.gz":
+            continue
+        m = ABSOLUTE_PATH.search(p.read_bytes())
+        if m:
+            found.append(f"{p.relative_to(root).as_posix()}: {m.group(0).decode(errors='replace')}...")
+    return found
+
+
+def check_outputs(tdir: Path, manifest: dict, res: TargetResult, threads: int, runs: int) -> None:
+    """Run the deliverable (or the TensorRT target's host proxy) on golden.npz and time it."""
+    runtime = RUNTIME_OF_BACKEND.get(manifest["backend"])
+    if manifest["backend"] == "tensorrt":
+        res.engine = _engine_status(tdir, manifest)
+    if runtime is None:
+        res.failures.append(f"unknown backend '{manifest['backend']}' in manifest.json")
+        return
+    ok, reason = backends.get(runtime).available()
+    if not ok:
+        res.outputs = f"not checked here: {reason}"
+        return
+    gold = manifest["golden"]
+    unsound = [f for f in (manifest["deliverable"], gold["file"]) if f not in res.sound]
+    if unsound:
+        res.outputs = f"not checked: {', '.join(unsound)} failed the sha256 check"
+        return
+    try:
+        runner = backends.get(runtime).Runner(tdir / manifest["deliverable"], threads=threads)
+        with np.load(tdir / gold["file"]) as g:
+            x, y = g["x"], g["y"]
+        out = runner.run(x)
+    except (UserError, KeyError, ValueError) as e:
+        res.outputs = "FAILED: could not run"
+        res.failures.append(f"{manifest['deliverable']} on {gold['file']}: {getattr(e, 'problem', e)}")
+        return
+    ok, what = compare(out, y, gold)
+    proxy = " (QDQ ONNX host proxy, onnxruntime)" if manifest["backend"] == "tensorrt" else ""
+    res.outputs = f"{'OK' if ok else 'FAILED'}{proxy}: {what}"
+    if not ok:
+        res.failures.append(f"outputs of {manifest['deliverable']} differ from golden.npz beyond the tolerances")
+    xb = runner.prepare(x[:1])
+    lat = measure(lambda: runner.run_raw(xb), warmup=min(20, runs), runs=runs, threads=threads)
+    res.latency = f"p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms (this machine, {runtime}, {threads} threads, {runs} runs)"
+
+
+def compare(out: np.ndarray, y: np.ndarray, gold: dict) -> tuple[bool, str]:
+    """(within the manifest's golden tolerances?, one line with the figures)."""
+    diff = float(np.abs(out - y).max())
+    agree = float((out.argmax(1) == y.argmax(1)).mean())
+    ok = diff <= gold["max_abs"] and agree >= gold["min_argmax_agreement"]
+    return ok, (f"max |diff| {diff:.3g} (tolerance {gold['max_abs']:.3g}), argmax agreement {agree:.3f} "
+                f"(min {gold['min_argmax_agreement']:.3g}) on {len(y)} golden samples")
+
+
+def _engine_status(tdir: Path, manifest: dict) -> str:
+    """The TensorRT plan's check: run it on golden.npz where TensorRT and a GPU exist, else say why not."""
+    trt = backends.get("tensorrt")
+    ok, reason = trt.available()
+    plan = tdir / "model.plan"
+    if not ok:
+        return f"not checked here: needs TensorRT on the device ({reason})"
+    if not plan.is_file():
+        return "not checked: no model.plan in the bundle (build it with build_engine.py or `python -m pipeline bench`)"
+    try:
+        runner = trt.EngineRunner(plan)
+        with np.load(tdir / manifest["golden"]["file"]) as g:
+            x, y = g["x"], g["y"]
+        ok, what = compare(runner.run(x), y, manifest["golden"])
+    except (UserError, KeyError, ValueError, OSError) as e:
+        return f"FAILED: model.plan could not run: {getattr(e, 'problem', e)}"
+    return f"{'OK' if ok else 'FAILED'}: model.plan {what}"
+
+
+def verify(path: Path, threads: int = 2, runs: int = 100) -> BundleResult:
+    """Check a bundle (folder or tarball); see the module docstring."""
+    if runs < 5:
+        raise UserError(f"--runs {runs} is too few to time", "pass --runs 5 or more")
+    if threads < 1:
+        raise UserError(f"--threads {threads}: must be at least 1", "pass --threads 1 or more")
+    t0 = time.monotonic()
+    with open_bundle(path) as root:
+        result = BundleResult(str(path), [])
+        tdirs = target_dirs(root)
+        for tdir in tdirs:
+            m = read_manifest(tdir)
+            res = TargetResult(m["target"], m["backend"], m.get("device", "?"))
+            check_files(tdir, m, res)
+            check_outputs(tdir, m, res, threads, runs)
+            if res.engine and res.engine.startswith("FAILED"):
+                res.failures.append("the TensorRT plan in the bundle does not reproduce golden.npz")
+            result.targets.append(res)
+        base = root if tdirs == [root] else tdirs[0].parent
+        if tdirs != [root]:
+            known = {d.name for d in tdirs} | set(PACKAGING)
+            result.warnings += [f"extra item beside the target folders: {p.name}"
+                                for p in sorted(base.iterdir()) if p.name not in known]
+        result.failures += [f"absolute path in {hit}" for hit in absolute_paths(base)]
+    result.wall_s = time.monotonic() - t0
+    return result
+
+
+def text(result: BundleResult) -> str:
+    """The one-screen verdict."""
+    lines = [f"verify {result.path}: {len(result.targets)} target(s)"]
+    for t in result.targets:
+        status = "OK" if t.ok else "FAILED"
+        lines += [f"  {t.name} ({t.backend}, {t.device}): {status}",
+                  f"    files    {'OK' if len(t.sound) == t.files_listed else 'FAILED'}: "
+                  f"{len(t.sound)} of {t.files_listed} listed files match their sha256",
+                  f"    outputs  {t.outputs}",
+                  f"    latency  {t.latency}"]
+        if t.engine:
+            lines.append(f"    engine   {t.engine}")
+        lines += [f"    FAIL     {f}" for f in t.failures]
+        lines += [f"    note     {w}" for w in t.warnings]
+    lines += [f"  FAIL {f}" for f in result.failures] + [f"  note {w}" for w in result.warnings]
+    if not result.failures:
+        lines.append("  bundle: no absolute build-machine paths; toolchain lock checked per target")
+    lines.append(f"verdict: {'OK' if result.ok else 'FAILED'} ({result.wall_s:.1f} s)")
+    return "\n".join(lines)

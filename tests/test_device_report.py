@@ -1,0 +1,127 @@
+"""Device reports: `bench` on this machine for CPU bundles, its refusal for a TensorRT bundle without
+TensorRT, the one schema shared with build_engine.py, and merging into a run's report with
+`python -m pipeline report` (sha256 checked). The run is the one tests/test_verify.py builds."""
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.backends import tensorrt as trt_backend
+from pipeline.cli import main
+from test_verify import small_run
+
+# A hand-written report: its figures are made up for this test and say so; it is never product output.
+TEST_LABEL = "TEST FIXTURE, hand-written in tests/test_device_report.py: not a measurement"
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_npz, run_cli, tmp_path_factory) -> Path:
+    return small_run(small_npz, run_cli, tmp_path_factory)
+
+
+@pytest.fixture
+def run_copy(run_dir, tmp_path) -> Path:
+    """The run's top-level reports and its hand-off, copied so the merge can rewrite them."""
+    dest = tmp_path / "run"
+    dest.mkdir()
+    for f in ("report.json", "report.md", "report.html"):
+        shutil.copyfile(run_dir / f, dest / f)
+    shutil.copytree(run_dir / "handoff", dest / "handoff", ignore=shutil.ignore_patterns("*.tar.gz"))
+    return dest
+
+
+def hand_written(run: Path, target: str, p50: float) -> dict:
+    manifest = json.loads((run / "handoff" / target / "manifest.json").read_text())
+    art = manifest["deliverable"]
+    sha = manifest["files"][art]
+    return {
+        "device_report_version": 1, "written_by": TEST_LABEL, "created": "2026-01-01T00:00:00+00:00",
+        "target": target, "backend": manifest["backend"],
+        "device": {"name": TEST_LABEL, "source": None},
+        "runtime": {"name": "tensorrt", "version": "10.3.0", "expected": manifest["device_toolchain"],
+                    "version_match": True, "cuda_binding": "torch.cuda"},
+        "tensorrt": "10.3.0",
+        "artifact": {"file": art, "sha256": sha, "manifest_sha256": sha, "matches_manifest": True},
+        "engine": {"file": "model.plan", "sha256": "0" * 64, "built_here": True},
+        "build": None, "layer_precisions": {"int8": 20, "fp16": 2},
+        "check": {"n": 16, "max_abs_err": 0.01, "mean_abs_err": 0.001, "atol": 0.25, "rtol": 0.0,
+                  "within_tolerance": True, "top1_agreement": 1.0, "min_top1_agreement": 0.9,
+                  "accuracy_on_golden": 0.5, "passed": True},
+        "latency_ms": {"n": 1000, "p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.3, "mean": p50, "min": p50 * 0.9,
+                       "max": p50 * 2, "warmup": 50, "batch": 1, "where": "device", "what": TEST_LABEL},
+    }
+
+
+def merge(capsys, run: Path, *reports: Path) -> tuple[int, str, str]:
+    rc = main(["report", str(run), *[a for r in reports for a in ("--device-report", str(r))]])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_merge_sets_the_device_figures(run_copy, tmp_path, capsys):
+    budget = next(t for t in json.loads((run_copy / "report.json").read_text())["targets"]
+                  if t["name"] == "jetson")["budgets"]["latency_ms"]
+    p50 = round(budget / 2, 4)
+    f = tmp_path / "device_report.json"
+    f.write_text(json.dumps(hand_written(run_copy, "jetson", p50)))
+    rc, out, err = merge(capsys, run_copy, f)
+    assert rc == 0, err
+    assert "jetson device p50" in out
+    report = json.loads((run_copy / "report.json").read_text())
+    jet = next(t for t in report["targets"] if t["name"] == "jetson")
+    assert jet["measured"]["latency_p50_ms"] == p50 and jet["budgets_met"]["latency"] is True
+    assert jet["device_measurement"]["device"] == TEST_LABEL and jet["device_measurement"]["accuracy_on_golden"] == 0.5
+    engine = next(a for a in report["artifacts"] if a["name"] == "jetson: TensorRT engine")
+    assert engine["latency_where"] == "device" and engine["latency_p50_ms"] == p50 and engine["accuracy"] is None
+    assert any(n.startswith("device report:") and "golden" in n for n in jet["notes"])
+    assert f"{p50:.3f}" in (run_copy / "report.md").read_text()
+    assert TEST_LABEL in (run_copy / "report.html").read_text()
+
+
+def test_merge_refuses_a_sha256_mismatch(run_copy, tmp_path, capsys):
+    before = (run_copy / "report.json").read_text()
+    dr = hand_written(run_copy, "jetson", 1.0)
+    dr["artifact"]["sha256"] = "f" * 64
+    f = tmp_path / "other.json"
+    f.write_text(json.dumps(dr))
+    rc, _, err = merge(capsys, run_copy, f)
+    assert rc == 2 and "sha256" in err and "refusing" in err, err
+    assert (run_copy / "report.json").read_text() == before
+
+
+def test_bench_cpu_bundle_writes_the_shared_schema_and_merges(run_dir, run_copy, tmp_path, capsys):
+    out = tmp_path / "android.json"
+    rc = main(["bench", "--bundle", str(run_copy / "handoff"), "--target", "android", "--out", str(out),
+               "--runs", "20", "--warmup", "2"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    dr = json.loads(out.read_text())
+    assert set(dr) == set(hand_written(run_copy, "jetson", 1.0))
+    assert dr["target"] == "android" and dr["runtime"]["name"] == "tflite"
+    assert dr["artifact"]["matches_manifest"] and dr["check"]["passed"] and dr["check"]["n"] == 16
+    lat = dr["latency_ms"]
+    assert lat["where"] == "device" and lat["n"] == 20 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    # The bundle's standalone build_engine.py writes its report with the same function.
+    script = (run_dir / "handoff" / "jetson" / "build_engine.py").read_text()
+    for fn in (trt_backend.device_report, trt_backend.golden_check, trt_backend.device_latency):
+        assert inspect.getsource(fn) in script
+    rc, _, err = merge(capsys, run_copy, out)
+    assert rc == 0, err
+    report = json.loads((run_copy / "report.json").read_text())
+    row = next(a for a in report["artifacts"] if a["name"] == "android: INT8 TFLite (device)")
+    assert row["latency_where"] == "device" and row["latency_p50_ms"] == lat["p50"]
+    assert next(t for t in report["targets"] if t["name"] == "android")["measured"]["latency_p50_ms"] == lat["p50"]
+    host = next(a for a in report["artifacts"] if a["name"] == "android: INT8 TFLite")
+    assert host["latency_where"] == "host"
+
+
+@pytest.mark.skipif(trt_backend.available()[0], reason="TensorRT and a GPU are present here")
+def test_bench_tensorrt_bundle_without_tensorrt_is_one_clear_line(run_dir, tmp_path, capsys):
+    rc = main(["bench", "--bundle", str(run_dir / "handoff"), "--target", "jetson", "--out", str(tmp_path / "j.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "TensorRT" in err and "device" in err, err
+    assert not (tmp_path / "j.json").exists() and not (run_dir / "handoff" / "jetson" / "model.plan").exists()
