@@ -138,7 +138,17 @@ class PruneConfig(Strict):
     global_pruning: bool = False
     ignore: list[str] = Field(default_factory=list, description="module names never pruned")
     round_to: Optional[int] = Field(None, ge=1, description="default: the target's round_to")
-    tolerance: float = Field(0.02, gt=0, lt=0.5, description="allowed miss of the MACs goal")
+    tolerance: float = Field(0.02, gt=0, lt=0.5, description="allowed miss of the MACs/params goal (fraction of the unpruned)")
+    budget: Literal["macs", "params", "ratio", "latency"] = Field(
+        "macs", description="what the search aims at: macs_reduction, params_reduction, ratio or latency_ms")
+    params_reduction: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of parameters to remove (budget=params)")
+    ratio: float = Field(0.5, ge=0.0, lt=1.0, description="channel pruning ratio of every group (budget=ratio)")
+    latency_ms: Optional[float] = Field(None, gt=0, description="host ONNX Runtime FP32 p50 goal (budget=latency)")
+    latency_runs: int = Field(50, ge=5, description="timed runs per latency measurement (budget=latency)")
+    max_layer_ratio: float = Field(1.0, gt=0.0, le=1.0, description="most of any one group pruned (global pruning)")
+    ignore_stem: bool = Field(False, description="never prune the first conv/linear layer (the input stem)")
+    iterative_steps: int = Field(1, ge=1, le=10, description="prune in this many steps, with a short KD between")
+    step_kd_batches: int = Field(200, ge=0, description="KD batches (of distill.batch_size) between iterative steps")
 
 
 class DistillConfig(Strict):
@@ -160,6 +170,15 @@ class QuantizeConfig(Strict):
     calibration: str = Field("auto", description="a set under calibration/, or auto: <data>-512, built on first use")
     method: Optional[Literal["minmax", "percentile", "entropy"]] = None  # default: the target's
     percentile: float = Field(99.99, gt=90, le=100)
+    # Off by default: 13 extra quantize+evaluate runs for the default student cost ~2 min on a loaded 2-core
+    # host and would push the default run past 10 min. Fallback still ranks layers when the budget is missed.
+    sensitivity: bool = Field(False, description="rank layers by their INT8 error when only they stay float")
+    fallback: bool = Field(True, description="keep the most sensitive layers in float until the budget is met")
+    max_drop: Optional[float] = Field(None, ge=0, le=1, description="INT8 accuracy drop vs the float model "
+                                      "allowed by fallback; default: the target's budgets.max_accuracy_drop")
+    max_float_layers: int = Field(4, ge=0, description="fallback keeps at most this many layers in float")
+    heldout_samples: int = Field(1000, ge=50, description="held-out training samples (never calibration "
+                                 "or test samples) that sensitivity and fallback are measured on")
 
 
 class EvaluateConfig(Strict):

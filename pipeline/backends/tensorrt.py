@@ -454,6 +454,13 @@ def _precision(layer: dict) -> str:
     return "unknown"
 
 
+def _engine_layers(trt, engine) -> list[dict]:
+    """Name, type and precision of every layer of a deserialized engine (IEngineInspector JSON)."""
+    info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
+    return [{"name": layer.get("Name", ""), "type": layer.get("LayerType", ""), "precision": _precision(layer)}
+            for layer in info.get("Layers", []) if isinstance(layer, dict)]
+
+
 def build_plan(onnx_path: str, plan_path: str, *, int8: bool = True, fp16: bool = True, workspace_mb: int = 1024,
                timing_cache: str | None = None, dla_core: int | None = None, gpu_fallback: bool = True,
                min_opt_max_batch: tuple[int, int, int] | None = None) -> dict:
@@ -547,9 +554,7 @@ def build_plan(onnx_path: str, plan_path: str, *, int8: bool = True, fp16: bool 
     engine = trt.Runtime(log).deserialize_cuda_engine(serialized)
     if engine is None:
         raise DeviceError(f"TensorRT could not load the engine it built: {log.errors()}")
-    info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
-    layers = [{"name": layer.get("Name", ""), "type": layer.get("LayerType", ""), "precision": _precision(layer)}
-              for layer in info.get("Layers", []) if isinstance(layer, dict)]
+    layers = _engine_layers(trt, engine)
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     io = [{"name": n, "mode": engine.get_tensor_mode(n).name, "shape": list(engine.get_tensor_shape(n)),
            "dtype": engine.get_tensor_dtype(n).name} for n in names]
@@ -761,6 +766,92 @@ def latency_stats(times_ms: list[float]) -> dict:
             "p99": float(np.percentile(t, 99)), "mean": float(t.mean()), "min": float(t.min()), "max": float(t.max())}
 
 
+def _sha256(path: str | Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _device_name(gpu: bool) -> dict:
+    """{"name", "source"} of this machine: the device tree (Jetson, Raspberry Pi); for GPU work nvidia-smi
+    or torch.cuda; otherwise the CPU model in /proc/cpuinfo. name and source are None when nothing tells."""
+    import subprocess
+
+    tree = Path("/proc/device-tree/model")
+    if tree.is_file():
+        name = tree.read_bytes().rstrip(b"\x00").decode(errors="replace").strip()
+        if name:
+            return {"name": name, "source": str(tree)}
+    if gpu:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=30, check=False)
+            names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+            if out.returncode == 0 and names:
+                return {"name": names[0], "source": "nvidia-smi"}
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        try:
+            import torch
+            if torch.cuda.is_available():
+                return {"name": torch.cuda.get_device_name(0), "source": "torch.cuda"}
+        except ImportError:
+            pass
+        return {"name": None, "source": None}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model") and value.strip():
+                return {"name": value.strip(), "source": "/proc/cpuinfo"}
+    except OSError:
+        pass
+    return {"name": None, "source": None}
+
+
+def device_report(written_by: str, artifact: str | Path, runtime: dict, gpu: bool) -> dict:
+    """A device report (schema: pipeline/report/schema.py) holding what is known before any work: who
+    wrote it, the target (from the manifest.json beside the artifact), this device, the runtime, and the
+    artifact's sha256 beside the one its manifest lists. The caller fills in engine, build,
+    layer_precisions, check and latency_ms (None until measured), or error."""
+    from datetime import datetime, timezone
+
+    artifact = Path(artifact)
+    manifest_path = artifact.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    listed = manifest.get("files", {}).get(artifact.name)
+    sha = _sha256(artifact) if artifact.is_file() else None
+    return {"device_report_version": 1, "written_by": written_by,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "target": manifest.get("target"), "backend": manifest.get("backend"),
+            "device": _device_name(gpu), "runtime": runtime,
+            "tensorrt": runtime["version"] if runtime["name"] == "tensorrt" else None,
+            "artifact": {"file": artifact.name, "sha256": sha, "manifest_sha256": listed,
+                         "matches_manifest": None if listed is None or sha is None else listed == sha},
+            "engine": None, "build": None, "layer_precisions": None, "check": None, "latency_ms": None}
+
+
+def golden_check(out: np.ndarray, y: np.ndarray, labels: np.ndarray | None, atol: float, rtol: float,
+                 min_top1_agreement: float) -> dict:
+    """Outputs `out` for the golden inputs against the expected outputs `y` (and the labels, when given)."""
+    y = np.asarray(y, dtype=np.float32)
+    err = np.abs(out - y)
+    agreement = float((out.argmax(1) == y.argmax(1)).mean())
+    within = bool(np.all(err <= atol + rtol * np.abs(y)))
+    return {"n": int(len(y)), "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
+            "atol": atol, "rtol": rtol, "within_tolerance": within,
+            "top1_agreement": agreement, "min_top1_agreement": min_top1_agreement,
+            "accuracy_on_golden": None if labels is None else float((out.argmax(1) == labels).mean()),
+            "passed": within and agreement >= min_top1_agreement}
+
+
+def device_latency(times_ms: list[float], warmup: int, batch: int, what: str) -> dict:
+    """The device report's latency_ms: p50/p90/p99/mean/min/max of the timed runs, measured where="device"."""
+    return {**latency_stats(times_ms), "warmup": warmup, "batch": batch, "where": "device", "what": what}
+
+
 def _device_main(defaults: dict, argv: list[str] | None = None) -> int:
     """build_engine.py: build the plan, check it against golden samples, time it, write a JSON report."""
     import argparse
@@ -796,8 +887,8 @@ def _device_main(defaults: dict, argv: list[str] | None = None) -> int:
     if not match:
         print(f"warning: this device has TensorRT {tensorrt.__version__}, the bundle was prepared for {expected}",
               file=sys.stderr)
-    report: dict = {"device_script": "build_engine.py", "target": d["target"],
-                    "tensorrt": tensorrt.__version__, "tensorrt_version_match": match}
+    report = device_report("build_engine.py", args.onnx, {"name": "tensorrt", "version": tensorrt.__version__,
+                                                          "expected": d["target"], "version_match": match}, gpu=True)
     try:
         if args.skip_build:
             report["build"] = {"plan": args.plan, "skipped": True}
@@ -807,21 +898,17 @@ def _device_main(defaults: dict, argv: list[str] | None = None) -> int:
                 timing_cache=args.timing_cache, dla_core=args.dla_core, gpu_fallback=args.gpu_fallback,
                 min_opt_max_batch=tuple(args.min_opt_max_batch) if args.min_opt_max_batch else None)
         runner = TrtRunner(args.plan)
-        report["cuda_binding"] = runner.mem.name
+        report["runtime"]["cuda_binding"] = runner.mem.name
+        report["engine"] = {"file": Path(args.plan).name, "sha256": _sha256(args.plan), "built_here": not args.skip_build}
+        report["layer_precisions"] = dict(Counter(layer["precision"] for layer in _engine_layers(tensorrt, runner.engine)))
         golden = np.load(args.golden)
-        x, y = golden["x"].astype(np.float32), golden["y"].astype(np.float32)
-        out = runner.run(x)
-        err = np.abs(out - y)
-        agreement = float((out.argmax(1) == y.argmax(1)).mean())
-        within = bool(np.all(err <= args.atol + args.rtol * np.abs(y)))
-        report["check"] = {"n": int(len(x)), "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
-                           "atol": args.atol, "rtol": args.rtol, "within_tolerance": within,
-                           "top1_agreement": agreement, "min_top1_agreement": args.min_top1_agreement,
-                           "passed": within and agreement >= args.min_top1_agreement}
+        x = golden["x"].astype(np.float32)
+        report["check"] = golden_check(runner.run(x), golden["y"], golden["labels"] if "labels" in golden.files else None,
+                                       args.atol, args.rtol, args.min_top1_agreement)
         batch = x[:1] if runner.dynamic else x[:runner.max_batch]      # the engine's batch; 1 if dynamic
         times = runner.time(batch, args.warmup, args.runs)
-        report["latency_ms"] = {**latency_stats(times), "warmup": args.warmup, "batch": len(batch),
-                                "what": "GPU time of execute_async_v3 between CUDA events, copies excluded"}
+        report["latency_ms"] = device_latency(times, args.warmup, len(batch),
+                                              "GPU time of execute_async_v3 between CUDA events, copies excluded")
     except (DeviceError, OSError, KeyError) as e:     # build/run problems, a missing file or npz key
         report["error"] = f"{e.__class__.__name__}: {e}"
         print(f"error: {e}", file=sys.stderr)
@@ -881,6 +968,12 @@ class EngineRunner:
         except DeviceError as e:
             raise UserError(str(e), "pass normalized float32 NCHW images of the engine's input shape") from None
 
+    def layer_precisions(self) -> dict[str, int]:
+        """How many engine layers run in each precision (IEngineInspector; detailed only for engines
+        built with detailed profiling verbosity, as build_engine and build_engine.sh do)."""
+        import tensorrt as trt
+        return dict(Counter(layer["precision"] for layer in _engine_layers(trt, self._runner.engine)))
+
     def time(self, x: np.ndarray, warmup: int, runs: int) -> list[float]:
         """ms per run from CUDA events around execute_async_v3 (one engine batch of x; copies excluded)."""
         try:
@@ -901,8 +994,9 @@ BUILD_OPTS: dict[str, Any] = {
     "input_shape": [1, 1, 28, 28], "golden": "golden.npz", "atol": 0.25, "rtol": 0.0, "min_top1_agreement": 0.9,
     "warmup": 50, "runs": 1000, "warmup_ms": 500, "report": "device_report.json",
 }
-_DEVICE_CODE = (DeviceError, _trt_logger, _precision, build_plan, _cudart, _TorchCuda, _CudaPython, _cuda_memory,
-                TrtRunner, latency_stats, _device_main)
+_DEVICE_CODE = (DeviceError, _trt_logger, _precision, _engine_layers, build_plan, _cudart, _TorchCuda, _CudaPython,
+                _cuda_memory, TrtRunner, latency_stats, _sha256, _device_name, device_report, golden_check,
+                device_latency, _device_main)
 
 
 def _shape_arg(name: str, batch: int, sample: Sequence[int]) -> str:

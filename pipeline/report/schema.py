@@ -14,7 +14,36 @@ targets[]: name, backend, precision, deliverable (artifact name), engine ("built
 device"), budgets {max_accuracy_drop, latency_ms, max_size_mb}, measured {accuracy_drop, size_mb,
 latency_p50_ms (device figure, null until a device report is merged), host_latency_p50_ms},
 budgets_met {accuracy, size, latency: true | false | null (not measured)}, roofline_bound_ms,
-calibration {name, sha256, size, seed}, notes[].
+calibration {name, sha256, size, seed}, float_layers[] (layers the quantize stage kept in float; reasons
+in notes), notes[].
+
+Device reports (merged with `python -m pipeline report RUN_DIR --device-report FILE`)
+-----------------------------------------------------------------------------------
+Written on the device by `python -m pipeline bench` and by a TensorRT bundle's standalone
+`build_engine.py`; both build it with pipeline.backends.tensorrt.device_report, so the schema is one.
+device_report_version (1), written_by, created (ISO 8601 UTC), target (the manifest's target name),
+backend, device {name, source ("/proc/device-tree/model" | "nvidia-smi" | "torch.cuda" | "/proc/cpuinfo");
+both null when unknown}, runtime {name ("tensorrt" | "tflite" | "onnxruntime"), version, and for
+TensorRT expected (the bundle's expected toolchain), version_match, cuda_binding; for CPU runtimes
+threads}, tensorrt (version or null), artifact {file, sha256 (of the file measured: for TensorRT the
+QDQ ONNX the engine was built from), manifest_sha256, matches_manifest}, engine {file, sha256,
+built_here} | null, build (the TensorRT build record, {plan, skipped: true} when reused) | null,
+layer_precisions {precision: layer count} | null (null where the runtime does not report it),
+check {n, max_abs_err, mean_abs_err, atol, rtol, within_tolerance, top1_agreement,
+min_top1_agreement, accuracy_on_golden (vs golden.npz labels; null without labels), passed},
+latency_ms {n, p50, p90, p99, mean, min, max, warmup, batch, where ("device"), what}, and error (a
+string, only when the run failed; check/latency_ms are then null).
+
+Merging one refuses a report whose artifact sha256 is not the one in RUN_DIR/handoff/<target>/
+manifest.json, whose golden check failed, or that has an error. It sets targets[].measured.
+latency_p50_ms and budgets_met.latency from latency_ms.p50, adds targets[].device_measurement
+{device, runtime, artifact, sha256, latency_p50_ms, latency_p90_ms, latency_p99_ms, runs,
+top1_agreement_golden, accuracy_on_golden, golden_samples, layer_precisions, report_file,
+report_created, written_by} and a "device report: ..." note, and carries the figure on an artifact row
+with latency_where "device": the TensorRT engine's row, or for TFLite / ONNX Runtime a new row
+"<deliverable> (device)" beside the host-measured one (its accuracy stays null: test-set accuracy is
+a host figure). Only the run folder's top-level report.json/md/html are rewritten (report/ keeps the
+report stage's own output, so its stage record stays valid).
 """
 from __future__ import annotations
 
@@ -50,8 +79,36 @@ def roofline_ms(macs: int | None, size_bytes: int | None, device) -> float | Non
     return max(compute_s, memory_s) * 1e3
 
 
+def speed_notes(target: str, rows: list[dict]) -> list[str]:
+    """A note for each backend of `target` where the INT8 artifact was not faster than its float twin
+    (both measured on this host)."""
+    notes = []
+    timed = [r for r in rows if r.get("target") == target and r.get("latency_p50_ms") is not None]
+    for backend in sorted({r["backend"] for r in timed}):
+        p50 = {r["precision"]: r["latency_p50_ms"] for r in timed if r["backend"] == backend}
+        if "int8" in p50 and "fp32" in p50 and p50["int8"] >= p50["fp32"]:
+            notes.append(f"INT8 is not faster here: {backend} INT8 p50 {p50['int8']:.3f} ms vs FP32 "
+                         f"{p50['fp32']:.3f} ms (host)")
+    return notes
+
+
+def quantization_notes(quant_metrics: dict) -> list[str]:
+    """What the quantize stage kept in float and why, and whether its accuracy budget was met."""
+    notes = []
+    fb = quant_metrics.get("fallback")
+    for f in quant_metrics.get("float_layers", []):
+        notes.append(f"kept in {quant_metrics.get('float_precision', 'float')}: {f['layer']} ({f['reason']})")
+    if quant_metrics.get("budget_met") is False:
+        how = (f"with {len(fb['float_layers'])} layers in float (quantize.max_float_layers)" if fb
+               else "(quantize.fallback is off)")
+        notes.append(f"INT8 accuracy budget cannot be met: drop {quant_metrics['accuracy_drop_vs_float'] * 100:.2f} pt "
+                     f"vs the float model on held-out training samples > {quant_metrics['budget'] * 100:.2f} pt {how}")
+    return notes
+
+
 def target_summary(t, compile_metrics: dict, quant_metrics: dict, deliverable: dict | None,
-                   teacher_acc: float | None) -> dict:
+                   teacher_acc: float | None, rows: list[dict] = ()) -> dict:
+    """The report's entry for one target; `rows` (the report's artifact rows) add INT8-vs-float speed notes."""
     b = t.budgets
     acc_drop = None if deliverable is None or teacher_acc is None else teacher_acc - deliverable["accuracy"]
     size_mb = None if deliverable is None else deliverable["size_bytes"] / 1e6
@@ -64,6 +121,7 @@ def target_summary(t, compile_metrics: dict, quant_metrics: dict, deliverable: d
         notes.append(f"precision auto chose {compile_metrics['precision']}: {compile_metrics['selection']['reason']}")
     for p in compile_metrics.get("compat_problems", []):
         notes.append(f"TensorRT compatibility: {p['node']} ({p['op']}): {p['message']}")
+    notes += quantization_notes(quant_metrics) + speed_notes(t.name, list(rows))
     return {
         "name": t.name, "backend": t.backend, "precision": compile_metrics.get("precision", t.precision),
         "device": t.device.name,
@@ -82,5 +140,6 @@ def target_summary(t, compile_metrics: dict, quant_metrics: dict, deliverable: d
                                          deliverable["size_bytes"] if deliverable else None, t.device),
         "calibration": {k: quant_metrics["calibration"][k] for k in ("name", "sha256", "size", "seed")},
         "calibration_method": quant_metrics["method"],
+        "float_layers": [f["layer"] for f in quant_metrics.get("float_layers", [])],
         "notes": notes,
     }

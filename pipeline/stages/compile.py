@@ -3,9 +3,10 @@
 - tensorrt: the QDQ ONNX, a static TensorRT compatibility check, and the on-device build scripts;
   the engine itself is built here only when TensorRT and a GPU are present (engines are specific to
   the GPU and TensorRT version that built them), otherwise it is "to be built on device".
-- tflite: the INT8 .tflite, plus the FP32 .tflite so INT8 can be compared with float on LiteRT.
-- onnxruntime: the INT8 QDQ model and the FP32 model; with precision "auto" the faster of the two
-  on this host that stays within the accuracy budget is the deliverable.
+- tflite: the INT8 .tflite, plus the FP32 .tflite so INT8 can be compared with float on LiteRT;
+- onnxruntime: the INT8 QDQ model and the FP32 model.
+For tflite and onnxruntime, precision "auto" makes the faster of the two on this host that stays
+within the accuracy budget the deliverable.
 """
 from __future__ import annotations
 
@@ -81,20 +82,21 @@ class CompileStage(Stage):
         example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
         float_meta = tfl.convert_float(model, example, out / "model.fp32.tflite")
         runner = tfl.Runner(out / int8_name, threads=t.threads)
+        candidates = {"int8": int8_name, "fp32": "model.fp32.tflite"}
+        choice, measured = self._choose(ctx, out, tfl, candidates)
         common = {"backend": "tflite", "target": t.name, "threads": t.threads}
         return {"backend": "tflite", "layout": runner.layout, "io_dtype": runner.io_dtype, "float_meta": float_meta,
-                "deliverables": [int8_name],
-                "artifacts": [{**common, "name": f"{t.name}: INT8 TFLite", "file": int8_name, "precision": "int8"},
+                "precision": choice, "selection": measured, "deliverables": [candidates[choice]],
+                "artifacts": [{**common, "name": f"{t.name}: INT8 TFLite", "file": int8_name, "precision": "int8",
+                               "selected": choice == "int8"},
                               {**common, "name": f"{t.name}: FP32 TFLite", "file": "model.fp32.tflite",
-                               "precision": "fp32"}]}
+                               "precision": "fp32", "selected": choice == "fp32"}]}
 
-    # ------------------------------------------------------------ ONNX Runtime
-    def _onnxruntime(self, ctx: Context, out: Path) -> dict:
-        t, ort, ds = self.target, backends.require("onnxruntime"), ctx.data
-        int8_name = OUTPUT_FILE["onnxruntime"]
-        shutil.copyfile(ctx.artifact(self.inputs[0], int8_name), out / int8_name)
-        shutil.copyfile(ctx.artifact(self.source, "model.onnx"), out / "model.fp32.onnx")
-        candidates = {"int8": int8_name, "fp32": "model.fp32.onnx"}
+    # ------------------------------------------------------------ precision choice (tflite, onnxruntime)
+    def _choose(self, ctx: Context, out: Path, backend, candidates: dict[str, str]) -> tuple[str, dict]:
+        """The precision to ship: the target's, or with "auto" the faster of INT8 and FP32 on this host
+        that stays within the accuracy budget; returns it and what was measured."""
+        t, ds = self.target, ctx.data
         choice, measured = ("int8" if t.precision == "int8" else "fp32"), {}
         if t.precision == "auto":
             # Choose on held-out *training* samples: the test split is only for the report.
@@ -102,7 +104,7 @@ class CompileStage(Stage):
             idx = rng.choice(len(ds.x_train), size=min(SELECTION_SAMPLES, len(ds.x_train)), replace=False)
             x, y = ds.x_train[idx], ds.y_train[idx]
             for prec, fname in candidates.items():
-                r = ort.Runner(out / fname, threads=t.threads)
+                r = backend.Runner(out / fname, threads=t.threads)
                 xb = r.prepare(ds.normalize(ds.x_test[:1]))
                 lat = measure(lambda: r.run_raw(xb), warmup=20, runs=200, threads=t.threads)
                 measured[prec] = {"accuracy": runner_accuracy(r, ds, x, y), "p50_ms": lat["p50_ms"]}
@@ -114,8 +116,18 @@ class CompileStage(Stage):
             log.info("[%s] precision auto -> %s (%s)", self.name, choice, why)
             measured["reason"] = why
         elif t.precision not in ("int8", "fp32"):
-            raise UserError(f"target '{t.name}': precision '{t.precision}' is not offered by onnxruntime on CPU",
+            raise UserError(f"target '{t.name}': precision '{t.precision}' is not offered by {t.backend} on CPU",
                             "use int8, fp32 or auto")
+        return choice, measured
+
+    # ------------------------------------------------------------ ONNX Runtime
+    def _onnxruntime(self, ctx: Context, out: Path) -> dict:
+        t, ort = self.target, backends.require("onnxruntime")
+        int8_name = OUTPUT_FILE["onnxruntime"]
+        shutil.copyfile(ctx.artifact(self.inputs[0], int8_name), out / int8_name)
+        shutil.copyfile(ctx.artifact(self.source, "model.onnx"), out / "model.fp32.onnx")
+        candidates = {"int8": int8_name, "fp32": "model.fp32.onnx"}
+        choice, measured = self._choose(ctx, out, ort, candidates)
         common = {"backend": "onnxruntime", "target": t.name, "threads": t.threads}
         return {"backend": "onnxruntime", "precision": choice, "selection": measured,
                 "deliverables": [candidates[choice]],

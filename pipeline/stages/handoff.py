@@ -28,6 +28,12 @@ sha256 is listed there. Check the bundle before use:
 
     python -m pipeline verify .          # with the edge-compress repo, or see manifest.json by hand
 
+On the device, check and time it and write a device report; merge that into the run's report on the
+build machine (the sha256 of the measured file must match this bundle's):
+
+    python -m pipeline bench --bundle . --out device_report.json
+    python -m pipeline report runs/<run-id> --device-report device_report.json
+
 ## Feeding the model
 - input `{input_name}`: {input_dtype} {input_shape}, layout {layout}
 - preprocessing: pixel / 255, then (x - mean) / std with mean {mean}, std {std}{quant_in}

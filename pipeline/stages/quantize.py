@@ -2,27 +2,58 @@
 numerics the target's engine wants:
 
 - tensorrt: explicit-quantization QDQ ONNX (symmetric int8, zero-point 0, Q/DQ where TensorRT fuses
-  them) from nvidia-modelopt's ONNX quantizer;
+  them) from nvidia-modelopt's ONNX quantizer; layers kept in float are stored as fp16 when the
+  target has fp16_fallback;
 - onnxruntime: QDQ ONNX from onnxruntime.quantization.quantize_static;
 - tflite: full-integer INT8 .tflite from litert-torch's PT2E quantizer.
+
+Accuracy control (pipeline/sensitivity.py), measured on held-out training samples that are neither
+calibration nor test samples, against the float model the artifact was made from:
+
+- sensitivity (`quantize.sensitivity`): every Conv/Gemm (ONNX) or Conv/Linear (TFLite) layer is
+  left in float alone once and the INT8 output error recorded; ranked in stage.json. For TensorRT the
+  ranking uses ONNX Runtime's quantizer with symmetric activations as a proxy (one modelopt run costs
+  ~10 s in a child process); the fallback itself always re-quantizes with modelopt.
+- fallback (`quantize.fallback`): if the INT8 drop exceeds the budget, the most sensitive layers stay
+  in float one by one until it does not, or the stage says the budget cannot be met and with what drop.
 """
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
+import numpy as np
+import onnx
 import torch
 
-from pipeline import backends, calibration, models
+from pipeline import backends, calibration, models, sensitivity
 from pipeline.config import Target
 from pipeline.errors import UserError
-from pipeline.runner import Context, Stage
+from pipeline.runner import Context, Progress, Stage, log
 from pipeline.stages.load import input_shape, model_spec
 
 OUTPUT_FILE = {"tensorrt": "model.int8.qdq.onnx", "onnxruntime": "model.int8.onnx", "tflite": "model.int8.tflite"}
+TORCH_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
+TRT_PROXY_NOTE = ("ONNX Runtime's QDQ quantizer with symmetric int8 activations and weights (minmax for entropy), a "
+                  "proxy for modelopt, which costs ~10 s per run; fallback steps re-quantize with modelopt")
 
 
-def calibration_set(ctx: Context):
+def calibration_set(ctx: Context) -> tuple[np.ndarray, dict, Path]:
+    """The run's verified calibration set (as stored), its manifest and the manifest's path."""
     return calibration.resolve(ctx.config.quantize.calibration, ctx.data, ctx.config.seed, input_shape(ctx))
+
+
+def onnx_layers(path: Path) -> list[str]:
+    """Names of the weighted nodes (Conv, Gemm, ...) of an ONNX model, in graph order."""
+    from pipeline.backends.onnxruntime import WEIGHTED_OPS
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in WEIGHTED_OPS]
+
+
+def torch_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the Conv2d / Linear modules of a torch model, in definition order."""
+    return [name for name, m in model.named_modules() if isinstance(m, TORCH_LAYERS)]
 
 
 class QuantizeStage(Stage):
@@ -35,31 +66,146 @@ class QuantizeStage(Stage):
     def method(self, ctx: Context) -> str:
         return ctx.config.quantize.method or self.target.calibration_method
 
+    def budget(self, ctx: Context) -> float:
+        """Allowed INT8 accuracy drop vs the float model (quantize.max_drop, else the target's budget)."""
+        q = ctx.config.quantize
+        return self.target.budgets.max_accuracy_drop if q.max_drop is None else q.max_drop
+
     def config_slice(self, ctx: Context) -> dict:
         _, manifest, _ = calibration_set(ctx)
+        q = ctx.config.quantize
         return {"backend": self.target.backend, "method": self.method(ctx), "io_dtype": self.target.io_dtype,
-                "percentile": ctx.config.quantize.percentile, "seed": ctx.config.seed,
-                "calibration": {"name": manifest["name"], "sha256": manifest["sha256"]}}
+                "percentile": q.percentile, "seed": ctx.config.seed,
+                "fp16_fallback": bool(self.target.tensorrt and self.target.tensorrt.fp16_fallback),
+                "calibration": {"name": manifest["name"], "sha256": manifest["sha256"]},
+                "sensitivity": q.sensitivity, "fallback": q.fallback, "max_drop": self.budget(ctx),
+                "max_float_layers": q.max_float_layers, "heldout_samples": q.heldout_samples}
 
     def run(self, ctx: Context, out: Path) -> dict:
-        t, ds = self.target, ctx.data
+        t, ds, q = self.target, ctx.data, ctx.config.quantize
         x_cal, manifest, man_path = calibration_set(ctx)
         calib = ds.normalize(x_cal)
-        backend = backends.get(t.backend)
         dest = out / OUTPUT_FILE[t.backend]
+        budget = self.budget(ctx)
+        held = sensitivity.held_out(ds, manifest.get("indices", []), q.heldout_samples, ctx.config.seed + 2)
+        with tempfile.TemporaryDirectory(prefix="edge-compress-quantize.") as tmp:
+            eng = self._engine(ctx, calib, held, dest, Path(tmp))
+            meta = {"meta": eng.build(())}
+
+            def shipped(float_layers: Sequence[str]) -> np.ndarray:
+                """Re-quantize the shipped artifact with these float layers; its held-out logits."""
+                meta["meta"] = eng.build(float_layers)
+                return eng.logits(dest)
+
+            all_int8 = sensitivity.score(eng.logits(dest), eng.reference, held.y)
+            float_acc = float(np.mean(eng.reference.argmax(1) == held.y))
+            over = float_acc - all_int8["accuracy"] > budget
+            ranked = None
+            if q.sensitivity or (q.fallback and over):
+                prog = Progress(self.name, len(eng.layers), unit="sensitivity layer")
+                ranked = {**sensitivity.rank(eng.layers, eng.proxy, eng.reference, held.y, progress=prog.update),
+                          "measured_with": eng.proxy_note}
+            fb = None
+            if q.fallback:
+                order = [r["layer"] for r in ranked["ranking"]] if ranked else []
+                fb = sensitivity.fallback(order, shipped, eng.reference, held.y, budget, q.max_float_layers,
+                                          all_int8=all_int8)
+            drop = fb["accuracy_drop"] if fb else float_acc - all_int8["accuracy"]
+            float_layers = fb["float_layers"] if fb else []
+            log.info("[%s] INT8 drop %.2f pt vs the float model on %d held-out training samples (budget %.2f pt)%s",
+                     self.name, drop * 100, len(held.y), budget * 100,
+                     f"; kept in float: {', '.join(f['layer'] for f in float_layers)}" if float_layers else "")
+            if drop > budget:
+                log.warning("[%s] the INT8 accuracy budget cannot be met%s: drop %.2f pt > %.2f pt", self.name,
+                            f" with up to {q.max_float_layers} float layers" if q.fallback else " (fallback is off)",
+                            drop * 100, budget * 100)
+        return {
+            "backend": t.backend, "method": self.method(ctx), "file": dest.name,
+            "calibration": {"name": manifest["name"], "manifest": man_path.name, "sha256": manifest["sha256"],
+                            "size": manifest["size"], "seed": manifest["seed"], "source": manifest["source"]["data"]},
+            "heldout": {"samples": int(len(held.y)), "split": "train", "excludes": "the calibration samples",
+                        "seed": ctx.config.seed + 2},
+            "float_accuracy": float_acc,
+            "accuracy_drop_vs_float": drop,
+            "budget": budget,
+            "budget_met": drop <= budget,
+            "float_layers": float_layers,
+            "float_precision": "fp16" if t.backend == "tensorrt" and t.tensorrt.fp16_fallback else "fp32",
+            "fallback": fb,
+            "sensitivity": ranked,
+            "engine_meta": meta["meta"],
+        }
+
+    def _engine(self, ctx: Context, calib: np.ndarray, held: sensitivity.HeldOut, dest: Path, tmp: Path) -> "_Engine":
+        """The backend's quantizer writing `dest`, its runner and the sensitivity proxy."""
+        t, ds = self.target, ctx.data
+        backend = backends.get(t.backend)
+        method = self.method(ctx)
         if t.backend == "tflite":
             spec = model_spec(ctx)
             if spec.kind == "onnx":
                 raise UserError(f"target '{t.name}' (TFLite) needs a torch model, got {spec.path.name}",
                                 "pass FILE.py:FACTORY or MODEL.pt2, or pick an onnxruntime/tensorrt target")
             model = models.load_model(spec, ctx.artifact(self.source, "model.pt" if spec.trainable else "model.pt2"))
+            model.eval()
             example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
-            meta = backend.convert_int8(model, example, calib, dest, io_dtype=t.io_dtype, method=self.method(ctx))
+            with torch.no_grad():
+                reference = np.concatenate([model(torch.from_numpy(held.x[i:i + 256])).numpy()
+                                            for i in range(0, len(held.x), 256)])
+
+            def convert(float_layers: Sequence[str], path: Path = dest) -> dict:
+                return backend.convert_int8(model, example, calib, path, io_dtype=t.io_dtype, method=method,
+                                            float_layers=float_layers)
+
+            def tfl_logits(path: Path) -> np.ndarray:
+                return backend.Runner(path, threads=t.threads).run(held.x)
+
+            def tfl_proxy(float_layers: Sequence[str]) -> np.ndarray:
+                convert(float_layers, tmp / "sensitivity.tflite")
+                return tfl_logits(tmp / "sensitivity.tflite")
+
+            return _Engine(torch_layers(model), reference, convert, tfl_logits, tfl_proxy,
+                           "the target's own converter (litert-torch PT2E, convert_int8 float_layers)")
+
+        ort = backends.require("onnxruntime")
+        onnx_in = ctx.artifact(self.source, "model.onnx")
+        reference = ort.Runner(onnx_in, threads=t.threads).run(held.x)
+
+        def onnx_logits(path: Path) -> np.ndarray:
+            return ort.Runner(path, threads=t.threads).run(held.x)
+
+        if t.backend == "tensorrt":
+            def build(float_layers: Sequence[str]) -> dict:
+                return backend.quantize_int8(onnx_in, calib, dest, method=method, exclude_nodes=float_layers,
+                                             fp16_fallback=t.tensorrt.fp16_fallback)
+            proxy_method, symmetric, note = ("minmax" if method == "entropy" else method), True, TRT_PROXY_NOTE
         else:
-            meta = backend.quantize_int8(ctx.artifact(self.source, "model.onnx"), calib, dest, method=self.method(ctx))
-        return {
-            "backend": t.backend, "method": self.method(ctx), "file": dest.name,
-            "calibration": {"name": manifest["name"], "manifest": man_path.name, "sha256": manifest["sha256"],
-                            "size": manifest["size"], "seed": manifest["seed"], "source": manifest["source"]["data"]},
-            "engine_meta": meta,
-        }
+            def build(float_layers: Sequence[str]) -> dict:
+                return backend.quantize_int8(onnx_in, calib, dest, method=method, exclude_nodes=float_layers)
+            proxy_method, symmetric = method, False
+            note = "the target's own quantizer (onnxruntime quantize_static, exclude_nodes)"
+
+        def onnx_proxy(float_layers: Sequence[str]) -> np.ndarray:
+            ort.quantize_int8(onnx_in, calib, tmp / "sensitivity.onnx", method=proxy_method,
+                              exclude_nodes=float_layers, activation_symmetric=symmetric)
+            return onnx_logits(tmp / "sensitivity.onnx")
+
+        return _Engine(onnx_layers(onnx_in), reference, build, onnx_logits, onnx_proxy, note)
+
+
+@dataclass(frozen=True)
+class _Engine:
+    """What sensitivity and fallback need from a backend.
+
+    layers: the quantizable layer names; reference: the float model's held-out logits; build: quantize
+    with these layers in float into the stage's output file, returning the engine's meta; logits: an
+    artifact's held-out logits; proxy: held-out logits of a throw-away INT8 model with these float
+    layers (for the ranking); proxy_note: what the proxy is.
+    """
+
+    layers: list[str]
+    reference: np.ndarray
+    build: Callable[[Sequence[str]], dict]
+    logits: Callable[[Path], np.ndarray]
+    proxy: sensitivity.Quantized
+    proxy_note: str

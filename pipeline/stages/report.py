@@ -78,7 +78,8 @@ class ReportStage(Stage):
         for t in ctx.targets:
             comp = ctx.record(f"compile-{t.name}")["metrics"]
             quant = ctx.record(f"quantize-{t.name}")["metrics"]
-            targets.append(schema.target_summary(t, comp, quant, deliverable(artifacts, t.name, comp), teacher_acc))
+            targets.append(schema.target_summary(t, comp, quant, deliverable(artifacts, t.name, comp), teacher_acc,
+                                                 artifacts))
         stages = {name: ctx.record(name) for name in ctx.statuses if name != self.name}
         report = {
             "schema_version": schema.SCHEMA_VERSION,
