@@ -135,7 +135,7 @@ class PruneConfig(Strict):
     enabled: bool = True
     macs_reduction: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of MACs to remove")
     criterion: Literal["l1", "l2", "bn_scale", "taylor", "lamp"] = "l2"
-    global_pruning: bool = False
+    global_pruning: bool = True
     ignore: list[str] = Field(default_factory=list, description="module names never pruned")
     round_to: Optional[int] = Field(None, ge=1, description="default: the target's round_to")
     tolerance: float = Field(0.02, gt=0, lt=0.5, description="allowed miss of the MACs/params goal (fraction of the unpruned)")
@@ -145,7 +145,7 @@ class PruneConfig(Strict):
     ratio: float = Field(0.5, ge=0.0, lt=1.0, description="channel pruning ratio of every group (budget=ratio)")
     latency_ms: Optional[float] = Field(None, gt=0, description="host ONNX Runtime FP32 p50 goal (budget=latency)")
     latency_runs: int = Field(50, ge=5, description="timed runs per latency measurement (budget=latency)")
-    max_layer_ratio: float = Field(1.0, gt=0.0, le=1.0, description="most of any one group pruned (global pruning)")
+    max_layer_ratio: float = Field(0.75, gt=0.0, le=1.0, description="most of any one group pruned (global pruning)")
     ignore_stem: bool = Field(False, description="never prune the first conv/linear layer (the input stem)")
     iterative_steps: int = Field(1, ge=1, le=10, description="prune in this many steps, with a short KD between")
     step_kd_batches: int = Field(200, ge=0, description="KD batches (of distill.batch_size) between iterative steps")

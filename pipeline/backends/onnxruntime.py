@@ -197,11 +197,18 @@ def export_onnx(model: "torch.nn.Module", example: "torch.Tensor", out_path: Pat
             with warnings.catch_warnings():
                 # The TorchScript exporter is chosen on purpose (see the docstring); silence its notice.
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
-                torch.onnx.export(
-                    model, (example,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
-                )
+                # nn.MultiheadAttention's eval fast path (aten::_native_multi_head_attention) has no ONNX
+                # symbolic; the plain path exports.
+                fastpath = torch.backends.mha.get_fastpath_enabled()
+                torch.backends.mha.set_fastpath_enabled(False)
+                try:
+                    torch.onnx.export(
+                        model, (example,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
+                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
+                    )
+                finally:
+                    torch.backends.mha.set_fastpath_enabled(fastpath)
     finally:
         model.train(was_training)
 

@@ -10,7 +10,7 @@ import torch
 
 from pipeline import backends
 from pipeline.latency import measure
-from pipeline.runner import Context, Progress, Stage, log
+from pipeline.runner import Context, Progress, Stage, log, write_json
 
 
 @torch.no_grad()
@@ -78,4 +78,6 @@ class EvaluateStage(Stage):
             acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
             p50 = "n/a" if row["latency_p50_ms"] is None else f"{row['latency_p50_ms']:.3f} ms"
             log.info("[evaluate] %s: accuracy %s, p50 %s%s", art["name"], acc, p50, f" ({art['note']})" if art.get("note") else "")
+        # A file, so that stages reading these figures see them change in their input hashes.
+        write_json(out / "results.json", [{k: v for k, v in r.items() if k != "latency"} for r in results])
         return {"test_samples": len(x), "results": results}
