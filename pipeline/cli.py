@@ -122,6 +122,7 @@ def cmd_run(a) -> int:
     from pipeline import distributed
     from pipeline.runner import Context, RunLock, cached_record, log, run_stage, setup_logging
     from pipeline.stages import ORDER, kind, plan
+    from pipeline.stages.quantize import calibration_set
 
     targets = load_targets(a.target)
     cfg = build_run_config(a.config, {"model": a.model, "weights": a.weights, "data": a.data,
@@ -155,6 +156,9 @@ def cmd_run(a) -> int:
             if not spec.trainable:
                 log.info("prune and distill skipped: %s models have no nn.Module layers to prune", spec.kind)
             last = max((i for i, s in enumerate(stages) if kind(s.name) == a.until), default=len(stages) - 1)
+            if any(kind(s.name) == "quantize" for s in stages[: last + 1]):
+                # Refuse a bad calibration set now, not after minutes of distillation.
+                calibration_set(ctx)
             for s in stages[: last + 1]:
                 if s.name == "distill" and not told_workers:
                     distributed.broadcast(a.force or cached_record(s, ctx) is None)
