@@ -127,19 +127,20 @@ class Stage:
         return sha256_json({"config": self.config_slice(ctx), "inputs": inputs, "version": __version__})
 
 
-def cached_record(stage: Stage, ctx: Context) -> Optional[dict]:
+def cached_record(stage: Stage, ctx: Context, fingerprint: Optional[str] = None) -> Optional[dict]:
     """The stage's finished record if its fingerprint still matches, else None."""
     try:
         rec = read_json(ctx.stage_dir(stage.name) / STAGE_RECORD)
     except (OSError, json.JSONDecodeError):
         return None
-    return rec if rec.get("status") == "done" and rec.get("fingerprint") == stage.fingerprint(ctx) else None
+    fp = fingerprint or stage.fingerprint(ctx)
+    return rec if rec.get("status") == "done" and rec.get("fingerprint") == fp else None
 
 
 def run_stage(stage: Stage, ctx: Context, force: bool = False) -> dict:
     final = ctx.stage_dir(stage.name)
     fp = stage.fingerprint(ctx)
-    rec = None if force else cached_record(stage, ctx)
+    rec = None if force else cached_record(stage, ctx, fp)
     if rec is not None:
         log.info("[%s] cached (fingerprint %s)", stage.name, fp[:12])
         ctx.statuses[stage.name] = "cached"

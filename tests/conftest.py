@@ -40,3 +40,27 @@ def cli(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.Complete
 @pytest.fixture(scope="session")
 def run_cli():
     return cli
+
+
+def _train_briefly(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100,
+                   one_thread: bool = True) -> torch.nn.Module:
+    """Adam (lr 3e-3) on random batches of 64: enough for a small net to mean something. Seed first."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    if one_thread:
+        torch.set_num_threads(1)  # a tiny net: one thread is fastest and does not fight other jobs
+    try:
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (64,))
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def train_briefly():
+    return _train_briefly

@@ -49,11 +49,14 @@ class Dataset:
         return len(self.classes)
 
     def fingerprint(self) -> str:
-        """sha256 over the arrays: identifies the data in stage fingerprints."""
-        h = hashlib.sha256()
-        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
-            h.update(str((a.dtype, a.shape)).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
+        """sha256 over the arrays, mean, std and classes: identifies the data in stage fingerprints."""
+        if "_arrays_hash" not in self.meta:  # arrays are never modified after loading: hash them once
+            h = hashlib.sha256()
+            for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+                h.update(str((a.dtype, a.shape)).encode())
+                h.update(np.ascontiguousarray(a).tobytes())
+            self.meta["_arrays_hash"] = h
+        h = self.meta["_arrays_hash"].copy()
         h.update(repr((self.mean, self.std, self.classes)).encode())
         return h.hexdigest()
 

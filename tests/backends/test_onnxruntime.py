@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
@@ -24,25 +23,13 @@ def tiny_cnn() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def trained(fmnist, tmp_path_factory) -> dict:
+def trained(fmnist, tmp_path_factory, train_briefly) -> dict:
     """A 2-layer CNN trained 100 steps on real data, its FP32 ONNX, test images and calibration images."""
     torch.manual_seed(0)
     model = tiny_cnn()
     x_tr = torch.from_numpy(fmnist.normalize(fmnist.x_train[:6400]))
     y_tr = torch.from_numpy(fmnist.y_train[:6400])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # a tiny net: one thread is fastest and does not fight other jobs
-    try:
-        for _ in range(100):
-            idx = torch.randint(0, len(x_tr), (64,))
-            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
+    train_briefly(model, x_tr, y_tr)
     d = tmp_path_factory.mktemp("ort")
     x_test = fmnist.normalize(fmnist.x_test[:256])
     meta = ort_backend.export_onnx(model, torch.from_numpy(x_test[:1]), d / "fp32.onnx")

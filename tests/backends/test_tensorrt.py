@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -131,25 +130,13 @@ def test_check_compat_opset_and_versions(tmp_path):
 
 # ---------------------------------------------------------------- modelopt QDQ of a trained model
 @pytest.fixture(scope="module")
-def trained(fmnist, tmp_path_factory) -> dict:
+def trained(fmnist, tmp_path_factory, train_briefly) -> dict:
     """A 2-layer CNN trained 100 steps on real data, its FP32 ONNX, and a TensorRT-style QDQ of it."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
     x_tr, y_tr = torch.from_numpy(fmnist.normalize(fmnist.x_train[:6400])), torch.from_numpy(fmnist.y_train[:6400])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # a tiny net: one thread is fastest and does not fight other jobs
-    try:
-        for _ in range(100):
-            idx = torch.randint(0, len(x_tr), (64,))
-            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
+    train_briefly(model, x_tr, y_tr)
     d = tmp_path_factory.mktemp("trt")
     x = fmnist.normalize(fmnist.x_test[:256])
     ort_backend.export_onnx(model, torch.from_numpy(x[:1]), d / "fp32.onnx")

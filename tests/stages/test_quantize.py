@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline import calibration
@@ -29,7 +28,7 @@ def tiny_cnn() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def models_dir(small_npz, tmp_path_factory) -> Path:
+def models_dir(small_npz, tmp_path_factory, train_briefly) -> Path:
     """tiny.onnx: the CNN trained 100 steps; outlier.onnx: the same CNN with every class's weight on input
     feature 0 of the last layer set to OUTLIER. That shifts all logits equally (float accuracy barely
     moves), but each class's per-channel INT8 weight scale becomes OUTLIER / 127, which rounds its real
@@ -38,14 +37,7 @@ def models_dir(small_npz, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = tiny_cnn()
     x_tr, y_tr = torch.from_numpy(ds.normalize(ds.x_train)), torch.from_numpy(ds.y_train)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(100):
-        idx = torch.randint(0, len(x_tr), (64,))
-        loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    train_briefly(model, x_tr, y_tr, one_thread=False)
     d = tmp_path_factory.mktemp("quantize-models")
     example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
     ort_backend.export_onnx(model, example, d / "tiny.onnx")
