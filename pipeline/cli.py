@@ -137,6 +137,9 @@ def cmd_run(a) -> int:
     distributed.init()
     ctx = Context(run_dir, cfg, targets, lambda: resolve_data(cfg.data, cfg.mean, cfg.std))
     stages = plan(ctx, spec.trainable)
+    if a.until and not any(kind(s.name) == a.until for s in stages):
+        raise UserError(f"--until {a.until}: this run has no {a.until} stage (prune.enabled or distill.enabled is "
+                        f"false)", "use --until with a later stage, or enable the stage")
     if distributed.rank() != 0:
         return _distill_worker(ctx, stages)
     try:

@@ -164,6 +164,13 @@ class DistillConfig(Strict):
     train_limit: Optional[int] = Field(None, ge=1, description="use only this many training samples")
     patience: int = Field(3, ge=1)
     checkpoint_every: int = Field(100, ge=1, description="steps between resume checkpoints")
+    feature_layers: list[str] = Field(default_factory=list, description=(
+        "modules (shared by teacher and student) whose outputs are matched through learned adapters; "
+        "[\"auto\"] = the end of each spatial stage; [] = logits only"))
+    feature_weight: float = Field(1.0, ge=0, description="weight of the feature-matching MSE term")
+    feature_cache_mb: int = Field(4096, ge=0, description="cache the teacher's features (fp16) up to this size; "
+                                  "above it the teacher runs every step")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one")
 
 
 class QuantizeConfig(Strict):
@@ -179,6 +186,12 @@ class QuantizeConfig(Strict):
     max_float_layers: int = Field(4, ge=0, description="fallback keeps at most this many layers in float")
     heldout_samples: int = Field(1000, ge=50, description="held-out training samples (never calibration "
                                  "or test samples) that sensitivity and fallback are measured on")
+    per_channel: bool = Field(True, description="int8 weights per output channel; false = one scale per tensor, "
+                              "for accelerators that need it (not for TensorRT targets)")
+    equalize: bool = Field(False, description="cross-layer equalization before quantizing (depthwise-safe PTQ; "
+                           "exact in float)")
+    bias_correction: bool = Field(False, description="correct each layer's bias for the mean shift its INT8 "
+                                  "weight rounding causes, measured on the calibration set")
 
 
 class EvaluateConfig(Strict):

@@ -1,7 +1,7 @@
 """torchrun support: `torchrun --nproc_per_node N -m pipeline run ...`.
 
-Rank 0 runs every stage; the distill stage runs on all ranks with DistributedDataParallel (gloo on
-CPU, nccl on GPU). The other ranks wait for rank 0 to reach distill, take part in it, and exit.
+Rank 0 runs every stage; the distill stage runs on all ranks with DistributedDataParallel: nccl when
+every rank has a GPU of its own, else gloo (on CPU, or with more ranks than GPUs, which NCCL refuses). The other ranks wait for rank 0 to reach distill, take part in it, and exit.
 Without torchrun's environment every function here is a no-op for a single process.
 """
 from __future__ import annotations
@@ -27,7 +27,10 @@ def active() -> bool:
 
 def init() -> None:
     if active() and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % gpus)
+        backend = "nccl" if gpus >= int(os.environ.get("LOCAL_WORLD_SIZE", world_size())) else "gloo"
         dist.init_process_group(backend, timeout=timedelta(hours=2))
         # Share the cores between the processes instead of oversubscribing them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size()))

@@ -18,9 +18,14 @@ def plan(ctx: Context, model_trainable: bool) -> list[Stage]:
 
     stages: list[Stage] = [LoadStage()]
     source = "load"
-    if model_trainable:
-        stages += [PruneStage(), DistillStage()]
-        source = "distill"
+    # prune.enabled=false ships the loaded model (distilling an unpruned copy of the teacher buys
+    # nothing); distill.enabled=false ships the pruned model untrained.
+    if model_trainable and ctx.config.prune.enabled:
+        stages.append(PruneStage())
+        source = "prune"
+        if ctx.config.distill.enabled:
+            stages.append(DistillStage())
+            source = "distill"
     per_target = []
     for t in ctx.targets:
         per_target += [QuantizeStage(t, source), CompileStage(t, source)]

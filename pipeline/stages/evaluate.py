@@ -14,12 +14,14 @@ from pipeline.runner import Context, Progress, Stage, log, write_json
 
 
 @torch.no_grad()
-def torch_accuracy(model: torch.nn.Module, ds, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+def torch_accuracy(model: torch.nn.Module, ds, x: np.ndarray, y: np.ndarray, batch_size: int = 256,
+                   device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy of a torch model (switched to eval mode) on raw images `x`, run on `device`."""
     model.eval()
     correct = 0
     for i in range(0, len(x), batch_size):
-        logits = model(torch.from_numpy(ds.normalize(x[i:i + batch_size])))
-        correct += int((logits.argmax(1).numpy() == y[i:i + batch_size]).sum())
+        logits = model(torch.from_numpy(ds.normalize(x[i:i + batch_size])).to(device))
+        correct += int((logits.argmax(1).cpu().numpy() == y[i:i + batch_size]).sum())
     return correct / len(x)
 
 
