@@ -1,14 +1,16 @@
-"""INT8 PTQ side by side: calibration methods, accuracy-aware fallback, cross-layer equalization
-(CLE), INT8-vs-float latency, and calibration time vs calibration-set size.
+"""INT8 PTQ side by side: calibration methods, accuracy-aware fallback, depthwise-safe PTQ (cross-layer
+equalization and bias correction, per-channel and per-tensor weights), INT8-vs-float latency, and
+calibration time vs calibration-set size.
 
-Models: the distilled student of a finished default run (runs/default-jetson/distill/model.pt) and a
-MobileNet-style depthwise-separable CNN trained here briefly on Fashion-MNIST (depthwise layers are
-where per-tensor INT8 activations hurt most). Accuracy is measured on held-out *training* samples
+Models: the distilled student of a finished default run (runs/default-jetson/distill/model.pt) and the
+bundled MobileNet-style depthwise-separable CNN (pipeline/models/dw-separable, trained on Fashion-MNIST by
+pipeline/models/train_teacher.py): after BatchNorm folding its first depthwise layer's channel ranges
+differ ~100x, which is what breaks per-tensor INT8 weights. Accuracy is measured on held-out *training* samples
 that are not in the calibration set (the test split stays for reports); drops are vs the same model
 in float on the same samples. Backends: onnxruntime (quantize_static QDQ), tensorrt (modelopt QDQ,
 run in ONNX Runtime CPU as the host proxy of its numerics), tflite (litert-torch PT2E).
 
-    .venv/bin/python benchmarks/quantize_methods.py [--parts methods,fallback,cle,latency,calib] [--no-trt]
+    .venv/bin/python benchmarks/quantize_methods.py [--parts methods,fallback,dfq,latency,calib] [--no-trt]
 
 Timings are host figures on a shared machine: compare rows of one run, not runs with each other.
 """
@@ -22,93 +24,24 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import onnx
 import torch
-import torch.nn.functional as F
-from onnx import numpy_helper
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import calibration, models, sensitivity  # noqa: E402
+from pipeline import calibration, dfq, models, sensitivity  # noqa: E402
 from pipeline.backends import onnxruntime as ort  # noqa: E402
 from pipeline.backends import tensorrt as trt  # noqa: E402
 from pipeline.backends import tflite as tfl  # noqa: E402
 from pipeline.data import load_fashion_mnist  # noqa: E402
+from pipeline.models.mobilenet import dw_separable  # noqa: E402
 from pipeline.latency import measure  # noqa: E402
 from pipeline.stages.quantize import onnx_layers  # noqa: E402
 
 STUDENT = ROOT / "runs" / "default-jetson" / "distill" / "model.pt"
-PARTS = ("methods", "fallback", "cle", "latency", "calib")
-
-
-def dw_separable() -> nn.Module:
-    """MobileNet-v1-style: a stem conv, three depthwise-separable blocks (dw 3x3 + pw 1x1, BN, ReLU)."""
-    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
-                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-    return nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                         *block(16, 32, 1), *block(32, 64, 2), *block(64, 128, 1),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
-
-
-def train_dw(ds, steps: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = dw_separable()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(ds.normalize(ds.x_train[:20000])), torch.from_numpy(ds.y_train[:20000])
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (128,))
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-# ---------------------------------------------------------------- cross-layer equalization (ONNX level)
-def equalize_onnx(src: Path, dst: Path, iterations: int = 4) -> int:
-    """Cross-layer equalization (Nagel et al. 2019) on an exported graph (BatchNorm already folded):
-    for every Conv -> Relu -> Conv chain whose middle tensor has no other reader, scale output channel
-    c of the first conv by 1/s_c and the matching input channel of the second by s_c, with
-    s_c = sqrt(r1_c / r2_c) (r = per-channel max |weight|), so both ranges become sqrt(r1 r2).
-    Exact in float because ReLU(x / s) = ReLU(x) / s for s > 0. Returns the number of pairs."""
-    model = onnx.load(str(src))
-    inits = {i.name: i for i in model.graph.initializer}
-    readers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    producer = {o: n for n in model.graph.node for o in n.output}
-    pairs = []
-    for relu in (n for n in model.graph.node if n.op_type == "Relu"):
-        a = producer.get(relu.input[0])
-        nxt = readers.get(relu.output[0], [])
-        if a is None or a.op_type != "Conv" or len(readers.get(a.output[0], [])) != 1 or len(nxt) != 1 \
-                or nxt[0].op_type != "Conv" or nxt[0].input[1] not in inits or a.input[1] not in inits:
-            continue
-        pairs.append((a, nxt[0]))
-    weights = {name: numpy_helper.to_array(t).copy() for name, t in inits.items()}
-    for _ in range(iterations):
-        for a, b in pairs:
-            w1, w2 = weights[a.input[1]], weights[b.input[1]]
-            group = next((att.i for att in b.attribute if att.name == "group"), 1)
-            r1 = np.abs(w1).reshape(len(w1), -1).max(1)
-            depthwise = group == w2.shape[0] and w2.shape[1] == 1 and group > 1
-            r2 = np.abs(w2).reshape(len(w2), -1).max(1) if depthwise else np.abs(w2).max(axis=(0, 2, 3))
-            if len(r1) != len(r2):
-                continue
-            s = np.where((r1 > 0) & (r2 > 0), np.sqrt(r1 / np.maximum(r2, 1e-12)), 1.0).astype(np.float32)
-            w1 /= s.reshape(-1, 1, 1, 1)
-            if len(a.input) > 2:
-                weights[a.input[2]] /= s
-            w2 *= s.reshape(-1, 1, 1, 1) if depthwise else s.reshape(1, -1, 1, 1)
-    for name, t in inits.items():
-        t.CopyFrom(numpy_helper.from_array(weights[name], name))
-    onnx.save(model, str(dst))
-    return len(pairs)
+DW_WEIGHTS = ROOT / "pipeline" / "models" / "dw-separable" / "teacher.pt"
+PARTS = ("methods", "fallback", "dfq", "latency", "calib")
 
 
 # ---------------------------------------------------------------- helpers
@@ -134,11 +67,11 @@ class Bench:
         trt.quantize_int8(onnx_in, self.calib, out, method=method)
         return out
 
-    def tfl_q(self, model: nn.Module, method: str, calib=None) -> Path:
+    def tfl_q(self, model: nn.Module, method: str, calib=None, per_channel: bool = True) -> Path:
         out = self.tmp / f"tfl-{method}.tflite"
         example = torch.from_numpy(self.held.x[:1])
         tfl.convert_int8(model, example, self.calib if calib is None else calib, out, io_dtype="float32",
-                         method=method)
+                         method=method, per_channel=per_channel)
         return out
 
 
@@ -161,7 +94,6 @@ def main() -> None:
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     ap.add_argument("--no-trt", action="store_true", help="skip modelopt (each run starts a ~10 s child process)")
     ap.add_argument("--heldout", type=int, default=1000)
-    ap.add_argument("--dw-steps", type=int, default=400, help="training steps of the depthwise model")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     parts = set(a.parts.split(","))
@@ -172,9 +104,10 @@ def main() -> None:
     held = sensitivity.held_out(ds, manifest["indices"], a.heldout, a.seed + 2)
     example = torch.from_numpy(held.x[:1])
     student = models.load_model(models.parse_spec("default"), STUDENT).eval()
-    dw, dw_s = timed(lambda: train_dw(ds, a.dw_steps, a.seed))
-    print(f"held-out: {len(held.y)} training samples outside calibration set {manifest['name']}; "
-          f"depthwise model trained {a.dw_steps} steps in {dw_s:.0f} s")
+    dw = dw_separable()
+    dw.load_state_dict(torch.load(DW_WEIGHTS, weights_only=True))
+    dw.eval()
+    print(f"held-out: {len(held.y)} training samples outside calibration set {manifest['name']}")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         b = Bench(ds, calib, held, tmp)
@@ -203,34 +136,52 @@ def main() -> None:
             table("INT8 accuracy drop vs float (pt, held-out training samples) per method",
                   ("model", "backend", "method", "drop pt", "quantize s"), rows)
 
-        if "fallback" in parts or "cle" in parts:
+        if "fallback" in parts:
             rows = []
             for name in nets:
                 base = b.drop(b.onnx_logits(b.ort_q(onnx_paths[name], "minmax")), refs[name])
                 rows.append((name, "plain INT8 (minmax)", base * 100, "-"))
-                if "fallback" in parts:
-                    def q(fl: Sequence[str], n: str = name) -> np.ndarray:
-                        return b.onnx_logits(b.ort_q(onnx_paths[n], "minmax", fl))
-                    (ranked, s) = timed(lambda: sensitivity.rank(onnx_layers(onnx_paths[name]), q, refs[name], held.y))
-                    order = [r["layer"] for r in ranked["ranking"]]
-                    for k in (1, 2, 4):
-                        d = b.drop(q(order[:k]), refs[name])
-                        rows.append((name, f"fallback: top-{k} sensitive layers float", d * 100,
-                                     ", ".join(order[:k]) + f" (ranking {s:.0f} s)"))
-                if "cle" in parts:
-                    eq = tmp / f"{name.split()[0]}.cle.onnx"
-                    n_pairs = equalize_onnx(onnx_paths[name], eq)
-                    ref_eq = b.onnx_logits(eq)
-                    d = b.drop(b.onnx_logits(b.ort_q(eq, "minmax")), refs[name])
-                    rows.append((name, f"CLE ({n_pairs} conv pairs) + INT8 (minmax)", d * 100,
-                                 f"float max |diff| after CLE {np.abs(ref_eq - refs[name]).max():.1e}"))
-                    # CLE targets per-tensor weights (one scale for all channels of a depthwise conv)
-                    for label, src in (("per-tensor weights INT8", onnx_paths[name]),
-                                       ("CLE + per-tensor weights INT8", eq)):
-                        d = b.drop(b.onnx_logits(b.ort_q(src, "minmax", per_channel=False)), refs[name])
-                        rows.append((name, label + " (minmax)", d * 100, "-"))
-            table("Fallback and cross-layer equalization, onnxruntime QDQ (drop pt vs float)",
+
+                def q(fl: Sequence[str], n: str = name) -> np.ndarray:
+                    return b.onnx_logits(b.ort_q(onnx_paths[n], "minmax", fl))
+                (ranked, s) = timed(lambda: sensitivity.rank(onnx_layers(onnx_paths[name]), q, refs[name], held.y))
+                order = [r["layer"] for r in ranked["ranking"]]
+                for k in (1, 2, 4):
+                    d = b.drop(q(order[:k]), refs[name])
+                    rows.append((name, f"fallback: top-{k} sensitive layers float", d * 100,
+                                 ", ".join(order[:k]) + f" (ranking {s:.0f} s)"))
+            table("Accuracy-aware fallback, onnxruntime QDQ (drop pt vs float)",
                   ("model", "variant", "drop pt", "detail"), rows)
+
+        if "dfq" in parts:
+            rows = []
+            cal_t = torch.from_numpy(calib)
+            variants = (("plain", False, False), ("CLE", True, False), ("bias corr.", False, True),
+                        ("CLE + bias corr.", True, True))
+            for name, m in nets.items():
+                for per_channel in (True, False):
+                    row = [name, "per-channel" if per_channel else "per-tensor"]
+                    for backend in ("onnxruntime", "tflite", "tensorrt"):
+                        if backend == "tensorrt" and (a.no_trt or not per_channel):
+                            continue
+                        cells = []
+                        for _, eq, bc in variants:
+                            model = m
+                            if eq or bc:
+                                model, _ = dfq.prepare(m, cal_t, eq, bc, per_channel)
+                            if backend == "tflite":
+                                logits = tfl.Runner(b.tfl_q(model, "minmax", per_channel=per_channel), 2).run(held.x)
+                            else:
+                                src = tmp / "prepared.onnx"
+                                ort.export_onnx(model, example, src)
+                                q = b.ort_q(src, "minmax", per_channel=per_channel) if backend == "onnxruntime" \
+                                    else b.trt_q(src, "minmax")
+                                logits = b.onnx_logits(q)
+                            cells.append(b.drop(logits, refs[name]) * 100)
+                        rows.append((*row, backend, *cells))
+            table("Depthwise-safe PTQ (pipeline/dfq.py): INT8 drop pt vs float, minmax calibration; tensorrt = "
+                  "modelopt QDQ in ONNX Runtime (per-channel only)",
+                  ("model", "weights", "backend", *(v[0] for v in variants)), rows)
 
         if "latency" in parts:
             rows = []

@@ -72,16 +72,17 @@ def convert_float(model: torch.nn.Module, example: torch.Tensor, out_path: Path,
 
 def convert_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, out_path: Path,
                  io_dtype: str = "int8", method: str = "minmax", float_layers: Sequence[str] = (),
-                 layout: str = "NHWC") -> dict:
+                 layout: str = "NHWC", per_channel: bool = True) -> dict:
     """Write a full-integer INT8 .tflite of `model` (switched to eval mode), calibrated on `calib`.
 
     `calib`: normalized float32 NCHW images shaped like `example`, fed CALIB_BATCH at a time.
     `io_dtype`: "int8" (quantized model input/output, what a phone wants) or "float32" (float I/O,
     QUANTIZE/DEQUANTIZE ops inside). `method` picks the activation observer (minmax | percentile |
-    entropy; meta["method_note"] says what was used); weights are always per-channel symmetric int8 from
-    their min/max. `float_layers`: names from `model.named_modules()` whose ops stay float (a float
-    layer at the model's input or output makes that tensor float whatever `io_dtype` says; meta
-    records the real I/O dtypes). Returns the meta of the written file.
+    entropy; meta["method_note"] says what was used); weights are symmetric int8 from their min/max,
+    per output channel (or per tensor with `per_channel=False`, for delegates that need it).
+    `float_layers`: names from `model.named_modules()` whose ops stay float (a float layer at the
+    model's input or output makes that tensor float whatever `io_dtype` says; meta records the real
+    I/O dtypes). Returns the meta of the written file.
     """
     litert_torch = _import_litert_torch()
     from litert_torch.quantize.quant_config import QuantConfig
@@ -101,7 +102,7 @@ def convert_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarra
 
     module, args = _with_layout(model, example, layout)
     prefix = "model." if layout == "NHWC" else ""  # module paths inside the NHWC wrapper
-    quantizer, method_note = _quantizer(method, [prefix + name for name in float_layers])
+    quantizer, method_note = _quantizer(method, [prefix + name for name in float_layers], per_channel)
     with _conversion_errors():
         graph, batch = _export_for_calibration(module, args)
         prepared = prepare_pt2e(graph, quantizer)
@@ -119,7 +120,9 @@ def convert_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarra
     meta = {
         "precision": "int8", "io_dtype": io_dtype, "layout": layout, "method": method,
         "method_note": method_note,
-        "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver, quant range -127..127)",
+        "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver, quant range -127..127)" if per_channel
+                   else "int8 per-tensor symmetric (MinMaxObserver, quant range -127..127)",
+        "per_channel": per_channel,
         "activations": "int8 per-tensor affine",
         "calibration": {"samples": int(len(calib)), "batch": batch},
         "float_layers": float_layers,
@@ -264,7 +267,7 @@ def _export_for_calibration(module: torch.nn.Module, example: torch.Tensor) -> t
         return torch.export.export(module, (example,)).module(), 1
 
 
-def _quantizer(method: str, float_paths: list[str]) -> tuple[Any, str]:
+def _quantizer(method: str, float_paths: list[str], per_channel: bool = True) -> tuple[Any, str]:
     """litert-torch's PT2EQuantizer with our activation observer, leaving `float_paths` unannotated.
 
     `PT2EQuantizer.set_module_name` cannot express "keep float" (it asserts a config) and its module
@@ -274,7 +277,7 @@ def _quantizer(method: str, float_paths: list[str]) -> tuple[Any, str]:
     from litert_torch.quantize.pt2e_quantizer_utils import OP_TO_ANNOTATOR, propagate_annotation
 
     observer, note = _activation_observer(method)
-    base = pq.get_symmetric_quantization_config(is_per_channel=True)
+    base = pq.get_symmetric_quantization_config(is_per_channel=per_channel)
     act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=_ACT_EPS))
     config = dataclasses.replace(base, input_activation=act, output_activation=act)
 

@@ -1,6 +1,8 @@
-"""Train the bundled default teacher on Fashion-MNIST and write its checkpoint + record.
+"""Train a bundled model on Fashion-MNIST and write its checkpoint + record.
 
-    python -m pipeline.models.train_teacher [--epochs 15] [--out pipeline/models/default]
+    python -m pipeline.models.train_teacher [--model resnet] [--epochs 15] [--out pipeline/models/default]
+    python -m pipeline.models.train_teacher --model dw-separable --epochs 8 --no-augment --label-smoothing 0 \
+        --out pipeline/models/dw-separable
 
 Writes `teacher.pt` (a weights-only state_dict) and `teacher.json` (test accuracy, recipe, seed,
 sha256 of the checkpoint). The pipeline never runs this: the default run loads the committed result.
@@ -20,9 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data import load_fashion_mnist
+from pipeline.models.mobilenet import dw_separable
 from pipeline.models.resnet import small_resnet
 
 DEFAULT_OUT = Path(__file__).parent / "default"
+MODELS = {"resnet": ("pipeline/models/resnet.py:small_resnet", small_resnet),
+          "dw-separable": ("pipeline/models/mobilenet.py:dw_separable", dw_separable)}
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -46,10 +51,13 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int =
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="resnet")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    ap.add_argument("--label-smoothing", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
 
@@ -60,7 +68,8 @@ def main(argv=None) -> None:
     x_te = torch.from_numpy(ds.normalize(ds.x_test))
     y_te = torch.from_numpy(ds.y_test)
 
-    model = small_resnet(num_classes=10)
+    factory_spec, factory = MODELS[args.model]
+    model = factory(num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps_per_epoch = math.ceil(len(x_tr) / args.batch_size)
     total = args.epochs * steps_per_epoch
@@ -76,13 +85,13 @@ def main(argv=None) -> None:
         loss_sum = 0.0
         for i in range(steps_per_epoch):
             idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-            xb = augment(x_tr[idx], gen)
-            loss = F.cross_entropy(model(xb), y_tr[idx], label_smoothing=0.05)
+            xb = x_tr[idx] if args.no_augment else augment(x_tr[idx], gen)
+            loss = F.cross_entropy(model(xb), y_tr[idx], label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
         acc = accuracy(model, x_te, y_te)
         history.append({"epoch": epoch + 1, "loss": round(loss_sum / steps_per_epoch, 4), "test_accuracy": acc})
         print(f"epoch {epoch + 1}/{args.epochs} loss {loss_sum / steps_per_epoch:.4f} "
@@ -92,13 +101,14 @@ def main(argv=None) -> None:
     ckpt = args.out / "teacher.pt"
     torch.save(model.state_dict(), ckpt)
     record = {
-        "factory": "pipeline/models/resnet.py:small_resnet",
+        "factory": factory_spec,
         "data": "fashion-mnist (Debian dataset-fashion-mnist), 60k train / 10k test",
         "test_accuracy": accuracy(model, x_te, y_te),
         "params": sum(p.numel() for p in model.parameters()),
         "recipe": {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": "SGD nesterov 0.9",
                    "lr": args.lr, "schedule": "warm-up 0.5 epoch + cosine", "weight_decay": 5e-4,
-                   "label_smoothing": 0.05, "augment": "random crop pad 2 + horizontal flip", "seed": args.seed},
+                   "label_smoothing": args.label_smoothing,
+                   "augment": "none" if args.no_augment else "random crop pad 2 + horizontal flip", "seed": args.seed},
         "history": history,
         "train_seconds": round(time.time() - t0, 1),
         "torch": torch.__version__,

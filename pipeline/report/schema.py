@@ -96,6 +96,15 @@ def quantization_notes(quant_metrics: dict) -> list[str]:
     """What the quantize stage kept in float and why, and whether its accuracy budget was met."""
     notes = []
     fb = quant_metrics.get("fallback")
+    done = quant_metrics.get("depthwise_safe") or {}
+    if "equalize" in done:
+        notes.append(f"cross-layer equalization before INT8: {len(done['equalize']['pairs'])} layer pairs rescaled "
+                     f"(exact in float)")
+    if "bias_correction" in done:
+        notes.append(f"bias correction before INT8: {done['bias_correction']['layers']} layers, for "
+                     f"{done['bias_correction']['weights_simulated']} weights")
+    if quant_metrics.get("engine_meta", {}).get("per_channel") is False:
+        notes.append("INT8 weights are per-tensor (quantize.per_channel=false)")
     for f in quant_metrics.get("float_layers", []):
         notes.append(f"kept in {quant_metrics.get('float_precision', 'float')}: {f['layer']} ({f['reason']})")
     if quant_metrics.get("budget_met") is False:

@@ -13,17 +13,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from pipeline import backends, models
+from pipeline import backends, models, sensitivity
 from pipeline.config import Target
 from pipeline.errors import UserError
 from pipeline.latency import measure
 from pipeline.runner import Context, Stage, log
 from pipeline.stages.evaluate import runner_accuracy
 from pipeline.stages.load import model_spec
-from pipeline.stages.quantize import OUTPUT_FILE
+from pipeline.stages.quantize import OUTPUT_FILE, calibration_set
 
 SELECTION_SAMPLES = 2000  # held-out training samples used to choose a precision (never the test split)
 
@@ -99,9 +98,11 @@ class CompileStage(Stage):
         t, ds = self.target, ctx.data
         choice, measured = ("int8" if t.precision == "int8" else "fp32"), {}
         if t.precision == "auto":
-            # Choose on held-out *training* samples: the test split is only for the report.
-            rng = np.random.default_rng(ctx.config.seed + 1)
-            idx = rng.choice(len(ds.x_train), size=min(SELECTION_SAMPLES, len(ds.x_train)), replace=False)
+            # Choose on held-out *training* samples outside the calibration set: the test split is only
+            # for the report, and calibration samples would flatter INT8.
+            _, manifest, _ = calibration_set(ctx)
+            held = sensitivity.held_out(ds, manifest.get("indices", []), SELECTION_SAMPLES, ctx.config.seed + 1)
+            idx = held.indices
             x, y = ds.x_train[idx], ds.y_train[idx]
             for prec, fname in candidates.items():
                 r = backend.Runner(out / fname, threads=t.threads)

@@ -16,6 +16,12 @@ calibration nor test samples, against the float model the artifact was made from
   ~10 s in a child process); the fallback itself always re-quantizes with modelopt.
 - fallback (`quantize.fallback`): if the INT8 drop exceeds the budget, the most sensitive layers stay
   in float one by one until it does not, or the stage says the budget cannot be met and with what drop.
+
+Depthwise-safe PTQ (pipeline/dfq.py, torch models): `quantize.equalize` (cross-layer equalization) and
+`quantize.bias_correction` transform a BatchNorm-folded copy of the float model before the backend
+quantizes it; drops are still measured against the untransformed float model. `quantize.per_channel =
+false` gives per-tensor weights (ONNX Runtime, TFLite) for accelerators that need them, which is where
+equalization matters most.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import numpy as np
 import onnx
 import torch
 
-from pipeline import backends, calibration, models, sensitivity
+from pipeline import backends, calibration, dfq, models, sensitivity
 from pipeline.config import Target
 from pipeline.errors import UserError
 from pipeline.runner import Context, Progress, Stage, log
@@ -79,7 +85,8 @@ class QuantizeStage(Stage):
                 "fp16_fallback": bool(self.target.tensorrt and self.target.tensorrt.fp16_fallback),
                 "calibration": {"name": manifest["name"], "sha256": manifest["sha256"]},
                 "sensitivity": q.sensitivity, "fallback": q.fallback, "max_drop": self.budget(ctx),
-                "max_float_layers": q.max_float_layers, "heldout_samples": q.heldout_samples}
+                "max_float_layers": q.max_float_layers, "heldout_samples": q.heldout_samples,
+                "per_channel": q.per_channel, "equalize": q.equalize, "bias_correction": q.bias_correction}
 
     def run(self, ctx: Context, out: Path) -> dict:
         t, ds, q = self.target, ctx.data, ctx.config.quantize
@@ -88,6 +95,9 @@ class QuantizeStage(Stage):
         dest = out / OUTPUT_FILE[t.backend]
         budget = self.budget(ctx)
         held = sensitivity.held_out(ds, manifest.get("indices", []), q.heldout_samples, ctx.config.seed + 2)
+        if not q.per_channel and t.backend == "tensorrt":
+            raise UserError(f"quantize.per_channel=false: target '{t.name}' (TensorRT) is quantized by modelopt with "
+                            "per-channel weights only", "drop the setting for TensorRT targets")
         with tempfile.TemporaryDirectory(prefix="edge-compress-quantize.") as tmp:
             eng = self._engine(ctx, calib, held, dest, Path(tmp))
             meta = {"meta": eng.build(())}
@@ -133,6 +143,7 @@ class QuantizeStage(Stage):
             "float_precision": "fp16" if t.backend == "tensorrt" and t.tensorrt.fp16_fallback else "fp32",
             "fallback": fb,
             "sensitivity": ranked,
+            "depthwise_safe": eng.prepared,
             "engine_meta": meta["meta"],
         }
 
@@ -141,21 +152,36 @@ class QuantizeStage(Stage):
         t, ds = self.target, ctx.data
         backend = backends.get(t.backend)
         method = self.method(ctx)
+        q = ctx.config.quantize
+        spec = model_spec(ctx)
+        example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
+        prepared = None
+        if q.equalize or q.bias_correction:
+            if spec.kind == "onnx":
+                raise UserError(f"quantize.equalize / quantize.bias_correction transform a torch model; "
+                                f"{spec.path.name} is ONNX", "pass FILE.py:FACTORY or MODEL.pt2, or turn both off")
+            source = models.load_model(spec, ctx.artifact(self.source, "model.pt" if spec.trainable else "model.pt2"))
+            # the model the backend quantizes; the drop is still measured against `source`
+            to_quantize, prepared = dfq.prepare(source, torch.from_numpy(calib), q.equalize, q.bias_correction,
+                                                q.per_channel)
+            done = ([f"{len(prepared['equalize']['pairs'])} layer pairs equalized"] if q.equalize else []) + \
+                ([f"{prepared['bias_correction']['layers']} biases corrected"] if q.bias_correction else [])
+            log.info("[%s] depthwise-safe PTQ: %s", self.name, ", ".join(done))
         if t.backend == "tflite":
-            spec = model_spec(ctx)
             if spec.kind == "onnx":
                 raise UserError(f"target '{t.name}' (TFLite) needs a torch model, got {spec.path.name}",
                                 "pass FILE.py:FACTORY or MODEL.pt2, or pick an onnxruntime/tensorrt target")
             model = models.load_model(spec, ctx.artifact(self.source, "model.pt" if spec.trainable else "model.pt2"))
             model.eval()
-            example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
             with torch.no_grad():
                 reference = np.concatenate([model(torch.from_numpy(held.x[i:i + 256])).numpy()
                                             for i in range(0, len(held.x), 256)])
+            if prepared is not None:
+                model = to_quantize
 
             def convert(float_layers: Sequence[str], path: Path = dest) -> dict:
                 return backend.convert_int8(model, example, calib, path, io_dtype=t.io_dtype, method=method,
-                                            float_layers=float_layers)
+                                            float_layers=float_layers, per_channel=q.per_channel)
 
             def tfl_logits(path: Path) -> np.ndarray:
                 return backend.Runner(path, threads=t.threads).run(held.x)
@@ -165,11 +191,15 @@ class QuantizeStage(Stage):
                 return tfl_logits(tmp / "sensitivity.tflite")
 
             return _Engine(torch_layers(model), reference, convert, tfl_logits, tfl_proxy,
-                           "the target's own converter (litert-torch PT2E, convert_int8 float_layers)")
+                           "the target's own converter (litert-torch PT2E, convert_int8 float_layers)", prepared)
 
         ort = backends.require("onnxruntime")
-        onnx_in = ctx.artifact(self.source, "model.onnx")
-        reference = ort.Runner(onnx_in, threads=t.threads).run(held.x)
+        onnx_src = ctx.artifact(self.source, "model.onnx")
+        reference = ort.Runner(onnx_src, threads=t.threads).run(held.x)
+        onnx_in = onnx_src
+        if prepared is not None:
+            onnx_in = tmp / "prepared.onnx"
+            ort.export_onnx(to_quantize, example, onnx_in)
 
         def onnx_logits(path: Path) -> np.ndarray:
             return ort.Runner(path, threads=t.threads).run(held.x)
@@ -181,16 +211,17 @@ class QuantizeStage(Stage):
             proxy_method, symmetric, note = ("minmax" if method == "entropy" else method), True, TRT_PROXY_NOTE
         else:
             def build(float_layers: Sequence[str]) -> dict:
-                return backend.quantize_int8(onnx_in, calib, dest, method=method, exclude_nodes=float_layers)
+                return backend.quantize_int8(onnx_in, calib, dest, method=method, exclude_nodes=float_layers,
+                                             per_channel=q.per_channel)
             proxy_method, symmetric = method, False
             note = "the target's own quantizer (onnxruntime quantize_static, exclude_nodes)"
 
         def onnx_proxy(float_layers: Sequence[str]) -> np.ndarray:
             ort.quantize_int8(onnx_in, calib, tmp / "sensitivity.onnx", method=proxy_method,
-                              exclude_nodes=float_layers, activation_symmetric=symmetric)
+                              exclude_nodes=float_layers, activation_symmetric=symmetric, per_channel=q.per_channel)
             return onnx_logits(tmp / "sensitivity.onnx")
 
-        return _Engine(onnx_layers(onnx_in), reference, build, onnx_logits, onnx_proxy, note)
+        return _Engine(onnx_layers(onnx_in), reference, build, onnx_logits, onnx_proxy, note, prepared)
 
 
 @dataclass(frozen=True)
@@ -200,7 +231,8 @@ class _Engine:
     layers: the quantizable layer names; reference: the float model's held-out logits; build: quantize
     with these layers in float into the stage's output file, returning the engine's meta; logits: an
     artifact's held-out logits; proxy: held-out logits of a throw-away INT8 model with these float
-    layers (for the ranking); proxy_note: what the proxy is.
+    layers (for the ranking); proxy_note: what the proxy is; prepared: what pipeline/dfq.py did to the
+    float model before quantizing (None when nothing).
     """
 
     layers: list[str]
@@ -209,3 +241,4 @@ class _Engine:
     logits: Callable[[Path], np.ndarray]
     proxy: sensitivity.Quantized
     proxy_note: str
+    prepared: dict | None = None

@@ -4,6 +4,8 @@ stored, accuracy-aware fallback keeps layers in float to meet a budget, and the 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from pipeline import calibration
 from pipeline.backends import onnxruntime as ort_backend
 from pipeline.config import load_target
 from pipeline.data import resolve_data
-from pipeline.report.schema import target_summary
+from pipeline.report.schema import quantization_notes, target_summary
 from pipeline.runner import sha256_file
 
 OUTLIER = 100.0  # a last-layer weight shared by all classes (see models_dir)
@@ -160,3 +162,80 @@ def test_report_notes_say_when_int8_is_not_faster_and_what_stayed_float(int8_tar
     rows[0]["latency_p50_ms"] = 0.03
     assert not any("not faster" in n for n in target_summary(target, {"deliverables": []}, quant, None, None,
                                                              rows)["notes"])
+
+
+# ---------------------------------------------------------------- depthwise-safe PTQ (pipeline/dfq.py)
+REPO = Path(__file__).resolve().parents[2]
+DW_MODEL = f"{REPO}/pipeline/models/mobilenet.py:dw_separable"
+DW_WEIGHTS = REPO / "pipeline" / "models" / "dw-separable" / "teacher.pt"
+NO_PRUNE = ["prune.enabled=false", "evaluate.test_limit=500", "quantize.fallback=false"]
+
+
+@pytest.fixture(scope="module")
+def dw_loaded(run_cli, fmnist, tmp_path_factory, int8_target) -> Path:
+    """The bundled depthwise-separable model, loaded (no pruning), on real Fashion-MNIST."""
+    out = tmp_path_factory.mktemp("dw") / "base"
+    r = run_cli("run", "--model", DW_MODEL, "--weights", str(DW_WEIGHTS), "--target", str(int8_target),
+                "--out", str(out), "--until", "load", *[a for s in NO_PRUNE for a in ("--set", s)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def _dw_quantize(run_cli, base: Path, out: Path, target: Path, until: str, *sets: str) -> subprocess.CompletedProcess:
+    shutil.copytree(base, out)
+    args = ["run", "--model", DW_MODEL, "--weights", str(DW_WEIGHTS), "--target", str(target), "--out", str(out),
+            "--until", until]
+    return run_cli(*args, *[a for s in (*NO_PRUNE, *sets) for a in ("--set", s)])
+
+
+def test_equalization_and_bias_correction_rescue_per_tensor_int8_on_a_depthwise_model(run_cli, dw_loaded,
+                                                                                       int8_target, tmp_path):
+    """Per-tensor INT8 weights break the depthwise model (one scale for channels ~100x apart); CLE + bias
+    correction, applied by the quantize stage, bring the drop back within the 1 pt budget."""
+    plain, fixed = tmp_path / "plain", tmp_path / "fixed"
+    r = _dw_quantize(run_cli, dw_loaded, plain, int8_target, "quantize", "quantize.per_channel=false")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _dw_quantize(run_cli, dw_loaded, fixed, int8_target, "quantize", "quantize.per_channel=false",
+                     "quantize.equalize=true", "quantize.bias_correction=true")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = quant_record(plain)["metrics"], quant_record(fixed)["metrics"]
+    assert a["accuracy_drop_vs_float"] > 0.015 and not a["budget_met"], a["accuracy_drop_vs_float"]
+    assert b["accuracy_drop_vs_float"] <= 0.01 and b["budget_met"], b["accuracy_drop_vs_float"]
+    assert a["depthwise_safe"] is None
+    done = b["depthwise_safe"]
+    assert len(done["equalize"]["pairs"]) >= 3 and done["bias_correction"]["layers"] >= 8
+    assert done["float_max_abs_diff"] < 1.0          # CLE is exact; bias correction moves outputs a little
+    spread = done["equalize"]["channel_range_spread"]
+    assert max(v["before"] for v in spread.values()) > 10 * max(v["after"] for v in spread.values())
+    # The shipped QDQ model really has one scale per weight tensor.
+    model = onnx.load(str(fixed / "quantize-cpu-int8" / "model.int8.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and len(inits[n.input[0]].dims) == 4]
+    assert weight_dq and all(len(inits[n.input[1]].dims) == 0 for n in weight_dq)
+    notes = quantization_notes(b)
+    assert any(n.startswith("cross-layer equalization before INT8") for n in notes)
+    assert any(n.startswith("bias correction before INT8") for n in notes) and any("per-tensor" in n for n in notes)
+
+
+def test_tflite_per_tensor_with_equalization_and_auto_precision(run_cli, dw_loaded, tmp_path):
+    """TFLite: per-tensor weights + CLE through litert-torch's PT2E quantizer, then precision "auto"
+    ships whichever of INT8 and FP32 measured faster here within the accuracy budget."""
+    src = (REPO / "targets" / "android.toml").read_text()
+    target = tmp_path / "phone-auto.toml"
+    target.write_text(src.replace('precision = "int8"', 'precision = "auto"'))
+    out = tmp_path / "tfl"
+    # the loaded model is target-independent: reuse it under the new target's run folder
+    r = _dw_quantize(run_cli, dw_loaded, out, target, "compile", "quantize.per_channel=false",
+                     "quantize.equalize=true")
+    assert r.returncode == 0, r.stderr[-2000:]
+    q = json.loads((out / "quantize-phone-auto" / "stage.json").read_text())["metrics"]
+    assert q["engine_meta"]["per_channel"] is False and "per-tensor" in q["engine_meta"]["weights"]
+    assert q["accuracy_drop_vs_float"] <= 0.02 and q["depthwise_safe"]["equalize"]["pairs"]
+    c = json.loads((out / "compile-phone-auto" / "stage.json").read_text())["metrics"]
+    sel = c["selection"]
+    assert set(sel) >= {"int8", "fp32", "reason"}
+    int8_ok = sel["fp32"]["accuracy"] - sel["int8"]["accuracy"] <= 0.01
+    faster = "int8" if int8_ok and sel["int8"]["p50_ms"] < sel["fp32"]["p50_ms"] else "fp32"
+    assert c["precision"] == faster
+    assert c["deliverables"] == [{"int8": "model.int8.tflite", "fp32": "model.fp32.tflite"}[faster]]
