@@ -139,19 +139,23 @@ def main() -> None:
         if "fallback" in parts:
             rows = []
             for name in nets:
-                base = b.drop(b.onnx_logits(b.ort_q(onnx_paths[name], "minmax")), refs[name])
-                rows.append((name, "plain INT8 (minmax)", base * 100, "-"))
+                for per_channel in (True, False):
+                    w = "per-channel" if per_channel else "per-tensor"
+                    base = b.drop(b.onnx_logits(b.ort_q(onnx_paths[name], "minmax", per_channel=per_channel)),
+                                  refs[name])
+                    rows.append((name, w, "plain INT8 (minmax)", base * 100, "-"))
 
-                def q(fl: Sequence[str], n: str = name) -> np.ndarray:
-                    return b.onnx_logits(b.ort_q(onnx_paths[n], "minmax", fl))
-                (ranked, s) = timed(lambda: sensitivity.rank(onnx_layers(onnx_paths[name]), q, refs[name], held.y))
-                order = [r["layer"] for r in ranked["ranking"]]
-                for k in (1, 2, 4):
-                    d = b.drop(q(order[:k]), refs[name])
-                    rows.append((name, f"fallback: top-{k} sensitive layers float", d * 100,
-                                 ", ".join(order[:k]) + f" (ranking {s:.0f} s)"))
+                    def q(fl: Sequence[str], n: str = name, pc: bool = per_channel) -> np.ndarray:
+                        return b.onnx_logits(b.ort_q(onnx_paths[n], "minmax", fl, per_channel=pc))
+                    (ranked, s) = timed(lambda: sensitivity.rank(onnx_layers(onnx_paths[name]), q, refs[name],
+                                                                 held.y))
+                    order = [r["layer"] for r in ranked["ranking"]]
+                    for k in (1, 2, 4):
+                        d = b.drop(q(order[:k]), refs[name])
+                        rows.append((name, w, f"fallback: top-{k} sensitive layers float", d * 100,
+                                     ", ".join(order[:k]) + f" (ranking {s:.0f} s)"))
             table("Accuracy-aware fallback, onnxruntime QDQ (drop pt vs float)",
-                  ("model", "variant", "drop pt", "detail"), rows)
+                  ("model", "weights", "variant", "drop pt", "detail"), rows)
 
         if "dfq" in parts:
             rows = []

@@ -191,7 +191,7 @@ class DistillStage(Stage):
     inputs = ("load", "prune")
 
     def config_slice(self, ctx: Context) -> dict:
-        # device and feature_cache_mb change speed, not the result
+        # device and feature_cache_mb change speed (and float rounding), not what is trained
         return {**ctx.config.distill.model_dump(exclude={"checkpoint_every", "device", "feature_cache_mb"}),
                 "seed": ctx.config.seed}
 
