@@ -24,7 +24,10 @@ class Strict(BaseModel):
 
 # ---------------------------------------------------------------- targets
 class Budgets(Strict):
-    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the teacher, 0..1")
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description=(
+        "0..1; the report and gate hold the shipped artifact's test accuracy to it vs the teacher; the "
+        "quantize stage's fallback also holds INT8's own step (vs the float student) to it unless "
+        "quantize.max_drop splits the budget"))
     latency_ms: Optional[float] = Field(None, gt=0, description="p50 on the device")
     max_size_mb: Optional[float] = Field(None, gt=0)
     max_latency_regression_pct: float = Field(10.0, ge=0, description="gate: vs the baseline")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -238,6 +239,15 @@ def export_onnx(model: "torch.nn.Module", example: "torch.Tensor", out_path: Pat
 
 
 # ---------------------------------------------------------------- quantize
+class _NoPreprocessHint(logging.Filter):
+    """quantize_static logs "Please consider to run pre-processing" through the root logger on every
+    call. The hint is about its shape inference on raw exports; export_onnx's graphs are already
+    optimized, so the line is noise in every run log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage()
+
+
 class _ArrayReader:
     """onnxruntime CalibrationDataReader over an array, in batches the model accepts."""
 
@@ -278,17 +288,22 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
 
     onnx_out = Path(onnx_out)
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.redirect_stdout(io.StringIO()):     # the histogram calibrators print progress lines
-        quantize_static(
-            str(onnx_in), str(onnx_out), _ArrayReader(calib, batch),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=getattr(QuantType, ACTIVATION_TYPE), weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded,
-            calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                              "entropy": CalibrationMethod.Entropy}[method],
-            extra_options={"ActivationSymmetric": activation_symmetric, "WeightSymmetric": True,
-                           "CalibPercentile": PERCENTILE},
-        )
+    hint_filter = _NoPreprocessHint()
+    logging.getLogger().addFilter(hint_filter)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):     # the histogram calibrators print progress lines
+            quantize_static(
+                str(onnx_in), str(onnx_out), _ArrayReader(calib, batch),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=getattr(QuantType, ACTIVATION_TYPE), weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                                  "entropy": CalibrationMethod.Entropy}[method],
+                extra_options={"ActivationSymmetric": activation_symmetric, "WeightSymmetric": True,
+                               "CalibPercentile": PERCENTILE},
+            )
+    finally:
+        logging.getLogger().removeFilter(hint_filter)
     quantized = onnx.load(str(onnx_out))
     cpu_session(str(onnx_out))  # it must load in ONNX Runtime CPU
     return {
