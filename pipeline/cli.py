@@ -171,6 +171,9 @@ def cmd_run(a) -> int:
                 for f in ("report.json", "report.md", "report.html"):
                     if (run_dir / "report" / f).exists():
                         shutil.copyfile(run_dir / "report" / f, run_dir / f)
+                from pipeline import device
+                for line in device.remerge(run_dir):   # device measurements merged earlier survive a re-run
+                    log.info(line)
             cached = sum(v == "cached" for v in ctx.statuses.values())
             log.info("finished in %.1fs (%d stages ran, %d cached); report: %s", time.monotonic() - t0,
                      len(ctx.statuses) - cached, cached, run_dir / "report.md")

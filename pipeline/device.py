@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pipeline.runner import sha256_file, write_json
 from pipeline.verify import TargetResult, check_files, read_manifest, target_dirs
 
 WRITTEN_BY = "python -m pipeline bench"
+KEPT_DIR = "device-reports"   # merged device reports, kept in the run folder
 REPORT_VERSION = 1
 PLAN = "model.plan"
 BUILD_KEYS = ("int8", "fp16", "workspace_mb", "timing_cache", "dla_core", "gpu_fallback", "min_opt_max_batch")
@@ -284,4 +286,23 @@ def merge(run_dir: Path, files: list[Path]) -> list[str]:
     from pipeline.report import html
     (run_dir / "report.html").write_text(html.html(report))
     lines.append(f"rewrote {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+    # Kept beside the run, so that a later `run` of this folder merges them again (see remerge).
+    kept = run_dir / KEPT_DIR
+    kept.mkdir(exist_ok=True)
+    for path, dr in reports:
+        dest = kept / f"{dr['target']}.json"
+        if path.resolve() != dest.resolve():
+            shutil.copyfile(path, dest)
+    return lines
+
+
+def remerge(run_dir: Path) -> list[str]:
+    """Merge the device reports kept in RUN_DIR/device-reports/ into a freshly written report, each on its
+    own: one that measured an artifact this run no longer ships is left out, with a line saying so."""
+    lines = []
+    for f in sorted((run_dir / KEPT_DIR).glob("*.json")):
+        try:
+            lines += merge(run_dir, [f])[:1]
+        except UserError as e:
+            lines.append(f"device report {f} not merged: {e.problem}; bench the new bundle on the device again")
     return lines

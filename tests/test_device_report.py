@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.backends import tensorrt as trt_backend
 from pipeline.cli import main
-from test_verify import small_run
+from test_verify import SMALL_RUN, TARGETS, small_run
 
 # A hand-written report: its figures are made up for this test and say so; it is never product output.
 TEST_LABEL = "TEST FIXTURE, hand-written in tests/test_device_report.py: not a measurement"
@@ -125,3 +125,33 @@ def test_bench_tensorrt_bundle_without_tensorrt_is_one_clear_line(run_dir, tmp_p
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "TensorRT" in err and "device" in err, err
     assert not (tmp_path / "j.json").exists() and not (run_dir / "handoff" / "jetson" / "model.plan").exists()
+
+
+def test_merged_device_reports_survive_a_rerun_of_the_run(run_dir, small_npz, run_cli, tmp_path, capsys):
+    """A later `run` rewrites report.json; the device measurements merged into it before are merged again,
+    and one that measured an artifact the run no longer ships is left out with a line saying why."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("*.tar.gz"))
+    shutil.copyfile(run_dir / "handoff" / "handoff.tar.gz", run / "handoff" / "handoff.tar.gz")
+    f = tmp_path / "device_report.json"
+    f.write_text(json.dumps(hand_written(run, "jetson", 0.5)))
+    rc, _, err = merge(capsys, run, f)
+    assert rc == 0, err
+    assert json.loads((run / "device-reports" / "jetson.json").read_text())["latency_ms"]["p50"] == 0.5
+
+    calib = run_dir.parent / "calib" / "small-128"
+    args = ["run", "--target", TARGETS, "--data", str(small_npz), "--out", str(run),
+            "--set", f"quantize.calibration={calib}", *SMALL_RUN]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jet = next(t for t in json.loads((run / "report.json").read_text())["targets"] if t["name"] == "jetson")
+    assert jet["measured"]["latency_p50_ms"] == 0.5 and jet["device_measurement"]["device"] == TEST_LABEL
+
+    stale = hand_written(run, "jetson", 0.5)
+    stale["artifact"]["sha256"] = "f" * 64
+    (run / "device-reports" / "jetson.json").write_text(json.dumps(stale))
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "not merged" in r.stderr and "bench the new bundle" in r.stderr
+    jet = next(t for t in json.loads((run / "report.json").read_text())["targets"] if t["name"] == "jetson")
+    assert jet["measured"]["latency_p50_ms"] is None
