@@ -286,13 +286,14 @@ class DistillStage(Stage):
             perm = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(tr_idx)))
             wrapped.train()
             t_epoch = time.perf_counter()
+            seen = correct = 0    # running training accuracy of this epoch (rank 0's share), for the progress line
             for i in range(state["step"] % steps_per_epoch, steps_per_epoch):
                 if state["step"] >= total:
                     break
                 b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
-                xb = x_tr[b].to(device, non_blocking=True)
+                xb, yb = x_tr[b].to(device, non_blocking=True), y_tr[b].to(device)
                 logits, s_feats = net(xb)
-                loss = kd_loss(logits, t_logits[b].to(device), y_tr[b].to(device), cfg.temperature, cfg.alpha)
+                loss = kd_loss(logits, t_logits[b].to(device), yb, cfg.temperature, cfg.alpha)
                 if names:
                     if cache_features:
                         tf = [f[b].to(device) for f in t_feats]
@@ -310,8 +311,10 @@ class DistillStage(Stage):
                 state["step"] += 1
                 state["losses"].append(round(float(loss.detach()), 5))
                 if prog:
+                    seen += len(b)
+                    correct += int((logits.detach().argmax(1) == yb).sum())
                     prog.update(state["step"], epoch=f"{epoch + 1}/{math.ceil(cfg.epochs)}", loss=state["losses"][-1],
-                                lr=sched.get_last_lr()[0])
+                                train_acc=correct / seen, lr=sched.get_last_lr()[0])
                 if state["step"] % cfg.checkpoint_every == 0:
                     save_resume()
             if device.type == "cuda":
