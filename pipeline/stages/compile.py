@@ -21,7 +21,7 @@ from pipeline.errors import UserError
 from pipeline.latency import measure
 from pipeline.runner import Context, Stage, log
 from pipeline.stages.evaluate import runner_accuracy
-from pipeline.stages.load import model_spec
+from pipeline.stages.load import input_shape, model_spec
 from pipeline.stages.quantize import OUTPUT_FILE, calibration_set
 
 SELECTION_SAMPLES = 2000  # held-out training samples used to choose a precision (never the test split)
@@ -45,10 +45,14 @@ class CompileStage(Stage):
         t, trt = self.target, backends.get("tensorrt")
         onnx_name = OUTPUT_FILE["tensorrt"]
         shutil.copyfile(ctx.artifact(self.inputs[0], onnx_name), out / onnx_name)
-        problems = trt.check_compat(out / onnx_name, t.tensorrt.version)
+        dynamic = t.tensorrt.max_batch > 1
+        problems = trt.check_compat(out / onnx_name, t.tensorrt.version, dynamic_batch=dynamic)
         for p in problems:
             log.warning("[%s] TensorRT check: %s %s: %s", self.name, p["op"], p["node"], p["message"])
-        opts = {**t.tensorrt.model_dump(), "int8": True, "fp16": t.tensorrt.fp16_fallback}
+        opts = {**t.tensorrt.model_dump(), "int8": True, "fp16": t.tensorrt.fp16_fallback,
+                "input_shape": [1, *input_shape(ctx)[1:]],
+                # one optimization profile, batch 1..max_batch, kernels tuned for max_batch
+                "min_opt_max_batch": [1, t.tensorrt.max_batch, t.tensorrt.max_batch] if dynamic else None}
         for fname, text in trt.build_script(onnx_name, "model.plan", opts).items():
             (out / fname).write_text(text)
             if fname.endswith(".sh"):
@@ -61,7 +65,8 @@ class CompileStage(Stage):
         if ok:
             meta = trt.build_engine(out / onnx_name, out / "model.plan", int8=True, fp16=t.tensorrt.fp16_fallback,
                                     workspace_mb=t.tensorrt.workspace_mb, timing_cache=out / "timing.cache",
-                                    dla_core=t.tensorrt.dla_core, gpu_fallback=t.tensorrt.gpu_fallback)
+                                    dla_core=t.tensorrt.dla_core, gpu_fallback=t.tensorrt.gpu_fallback,
+                                    min_opt_max_batch=opts["min_opt_max_batch"])
             engine = {"status": "built", "meta": meta}
         arts.append({"name": f"{t.name}: TensorRT engine", "file": "model.plan" if ok else None,
                      "backend": "tensorrt", "precision": "int8+fp16" if t.tensorrt.fp16_fallback else "int8",

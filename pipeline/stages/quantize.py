@@ -72,6 +72,10 @@ class QuantizeStage(Stage):
     def method(self, ctx: Context) -> str:
         return ctx.config.quantize.method or self.target.calibration_method
 
+    def dynamic_batch(self) -> bool:
+        """TensorRT targets with [tensorrt] max_batch > 1 get a QDQ ONNX with a dynamic batch dim."""
+        return self.target.backend == "tensorrt" and self.target.tensorrt.max_batch > 1
+
     def budget(self, ctx: Context) -> float:
         """Allowed INT8 accuracy drop vs the float model (quantize.max_drop, else the target's budget)."""
         q = ctx.config.quantize
@@ -86,7 +90,8 @@ class QuantizeStage(Stage):
                 "calibration": {"name": manifest["name"], "sha256": manifest["sha256"]},
                 "sensitivity": q.sensitivity, "fallback": q.fallback, "max_drop": self.budget(ctx),
                 "max_float_layers": q.max_float_layers, "heldout_samples": q.heldout_samples,
-                "per_channel": q.per_channel, "equalize": q.equalize, "bias_correction": q.bias_correction}
+                "per_channel": q.per_channel, "equalize": q.equalize, "bias_correction": q.bias_correction,
+                "dynamic_batch": self.dynamic_batch()}
 
     def run(self, ctx: Context, out: Path) -> dict:
         t, ds, q = self.target, ctx.data, ctx.config.quantize
@@ -197,9 +202,21 @@ class QuantizeStage(Stage):
         onnx_src = ctx.artifact(self.source, "model.onnx")
         reference = ort.Runner(onnx_src, threads=t.threads).run(held.x)
         onnx_in = onnx_src
+        if self.dynamic_batch():
+            # A TensorRT optimization profile up to [tensorrt] max_batch needs a dynamic batch dim.
+            if prepared is None and spec.kind == "onnx":
+                if isinstance(ort.io_shapes(ort.load_onnx(onnx_src))["inputs"][ort.INPUT_NAME][0], int):
+                    raise UserError(f"target '{t.name}' asks for [tensorrt] max_batch = {t.tensorrt.max_batch}, but "
+                                    f"{spec.path.name} has a fixed batch dim",
+                                    "re-export the ONNX with a dynamic batch axis, or set max_batch = 1")
+            elif prepared is None:
+                to_quantize = models.load_model(spec, ctx.artifact(self.source, "model.pt" if spec.trainable
+                                                                   else "model.pt2"))
+                onnx_in = tmp / "dynamic.onnx"
+                ort.export_onnx(to_quantize, example, onnx_in, dynamic_batch=True)
         if prepared is not None:
             onnx_in = tmp / "prepared.onnx"
-            ort.export_onnx(to_quantize, example, onnx_in)
+            ort.export_onnx(to_quantize, example, onnx_in, dynamic_batch=self.dynamic_batch())
 
         def onnx_logits(path: Path) -> np.ndarray:
             return ort.Runner(path, threads=t.threads).run(held.x)

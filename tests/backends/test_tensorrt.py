@@ -305,3 +305,28 @@ def test_latency_stats():
 def test_build_script_rejects_unknown_options():
     with pytest.raises(UserError, match="unknown engine build option"):
         trt_backend.build_script("m.onnx", "m.plan", {"workspace": 1024})
+
+
+# ---------------------------------------------------------------- [tensorrt] max_batch through the stages
+def test_max_batch_gives_a_dynamic_batch_qdq_and_a_batch_profile(run_cli, small_npz, tmp_path):
+    """The gpu target asks for max_batch = 32: the QDQ ONNX gets a dynamic batch dim that passes the static
+    check as one, the bundle scripts build one optimization profile 1..32, and the host proxy runs any
+    batch. (prune off: the loaded model is quantized directly, which keeps the test short.)"""
+    out = tmp_path / "gpu"
+    r = run_cli("run", "--target", "gpu", "--data", str(small_npz), "--out", str(out), "--until", "compile",
+                "--set", "prune.enabled=false", "--set", "evaluate.test_limit=100", "--set", "quantize.fallback=false",
+                "--set", "load.latency_runs=5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    qdq = out / "compile-gpu" / "model.int8.qdq.onnx"
+    dims = ort_backend.io_shapes(onnx.load(str(qdq)))["inputs"]["input"]
+    assert isinstance(dims[0], str) and list(dims[1:]) == [1, 28, 28]
+    assert trt_backend.check_compat(qdq, "10.3", dynamic_batch=True) == []
+    import json
+    compile_rec = json.loads((out / "compile-gpu" / "stage.json").read_text())["metrics"]
+    assert compile_rec["compat_problems"] == []
+    sh = (out / "compile-gpu" / "build_engine.sh").read_text()
+    assert all(f in sh for f in ("--minShapes=input:1x1x28x28", "--optShapes=input:32x1x28x28",
+                                 "--maxShapes=input:32x1x28x28"))
+    assert "'min_opt_max_batch': [1, 32, 32]" in (out / "compile-gpu" / "build_engine.py").read_text()
+    x = np.zeros((5, 1, 28, 28), np.float32)
+    assert ort_backend.Runner(qdq, threads=1).run(x).shape == (5, 10)
