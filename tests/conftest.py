@@ -64,3 +64,16 @@ def _train_briefly(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ste
 @pytest.fixture(scope="session")
 def train_briefly():
     return _train_briefly
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_data_folders_untouched():
+    """Tests write into temporary folders only: the committed calibration sets and baselines must come out
+    of a test session as they went in (a run with quantize.calibration=auto on new data would add a set)."""
+    def snapshot() -> dict[str, float]:
+        return {str(p): p.stat().st_mtime for d in ("calibration", "reports") for p in (ROOT / d).rglob("*")
+                if p.is_file()}
+    before = snapshot()
+    yield
+    after = snapshot()
+    assert after == before, f"tests changed committed data: {sorted(set(after.items()) ^ set(before.items()))[:4]}"

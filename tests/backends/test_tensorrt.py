@@ -313,9 +313,11 @@ def test_max_batch_gives_a_dynamic_batch_qdq_and_a_batch_profile(run_cli, small_
     check as one, the bundle scripts build one optimization profile 1..32, and the host proxy runs any
     batch. (prune off: the loaded model is quantized directly, which keeps the test short.)"""
     out = tmp_path / "gpu"
+    r = run_cli("calibrate", "--data", str(small_npz), "--size", "128", "--name", "small-128", "--out-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]     # (the default, auto, would write into the repo's calibration/)
     r = run_cli("run", "--target", "gpu", "--data", str(small_npz), "--out", str(out), "--until", "compile",
                 "--set", "prune.enabled=false", "--set", "evaluate.test_limit=100", "--set", "quantize.fallback=false",
-                "--set", "load.latency_runs=5")
+                "--set", "load.latency_runs=5", "--set", f"quantize.calibration={tmp_path / 'small-128'}")
     assert r.returncode == 0, r.stderr[-3000:]
     qdq = out / "compile-gpu" / "model.int8.qdq.onnx"
     dims = ort_backend.io_shapes(onnx.load(str(qdq)))["inputs"]["input"]
