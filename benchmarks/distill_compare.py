@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,14 +29,14 @@ from pipeline.data import resolve_data  # noqa: E402
 from pipeline.stages.distill import resolve_device  # noqa: E402
 from pipeline.stages.evaluate import torch_accuracy  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill_scaling import pipeline_cli  # noqa: E402
+
 
 def run(out: Path, data: str | None, *sets: str, until: str = "distill") -> float:
-    cmd = [sys.executable, "-m", "pipeline", "run", "--target", "jetson", "--out", str(out), "--until", until]
-    cmd += (["--data", data] if data else []) + [a for s in sets for a in ("--set", s)]
+    """Wall seconds of one `pipeline run` into OUT."""
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if r.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    pipeline_cli(out, 1, until, list(sets), data)
     return time.perf_counter() - t0
 
 

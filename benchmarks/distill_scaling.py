@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pipeline(out: Path, procs: int, until: str, sets: list[str], data: str | None, env: dict) -> None:
+def pipeline_cli(out: Path, procs: int, until: str, sets: list[str], data: str | None, env: dict | None = None) -> None:
+    """`python -m pipeline run --target jetson --until UNTIL` into OUT (under torchrun when procs > 1)."""
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
             "29531", "-m"] if procs > 1 else [sys.executable, "-m"]
     cmd = base + ["pipeline", "run", "--target", "jetson", "--out", str(out), "--until", until]
@@ -53,13 +54,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        pipeline(base, 1, "prune", [], args.data, env)
+        pipeline_cli(base, 1, "prune", [], args.data, env)
         for procs in map(int, args.procs.split(",")):
             run = Path(tmp) / f"p{procs}"
             run.mkdir()
             for s in ("load", "prune"):
                 shutil.copytree(base / s, run / s)
-            pipeline(run, procs, "distill", sets, args.data, env)
+            pipeline_cli(run, procs, "distill", sets, args.data, env)
             rec = json.loads((run / "distill" / "stage.json").read_text())
             m = rec["metrics"]
             per_epoch = m["train_s"] * 57000 / m["train_samples"]

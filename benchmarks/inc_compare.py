@@ -236,15 +236,19 @@ def main() -> None:
                 p50_torch(lambda: cf(example), a.runs), "—", f"compiled float (reference for INC's row); "
                 f"compile {cf_s:.0f} s", "—", "—", "—")
 
+        def as_run(model: torch.nn.Module, eager_acc: float) -> tuple[Callable, float, str, float]:
+            """How an INC model runs here: Inductor-compiled unless --no-compile; (callable, compile s, how,
+            accuracy that way)."""
+            if a.no_compile:
+                return model, 0.0, "torch eager (--no-compile)", eager_acc
+            run, compile_s, how = inductor(model, example)
+            return run, compile_s, how, (acc_of(TorchRunner(run, 1)) if run is not model else eager_acc)
+
         # ---- INC PT2E static INT8 (defaults)
         q, q_s = timed(lambda: inc_static(student, example, calib))
         eager_batch = 256 if q.dynamic_shapes else 1
         eager_acc = acc_of(TorchRunner(q, eager_batch))
-        if a.no_compile:
-            run_q, compile_s, how = q, 0.0, "torch eager (--no-compile)"
-        else:
-            run_q, compile_s, how = inductor(q, example)
-        inc_acc = acc_of(TorchRunner(run_q, 1)) if run_q is not q else eager_acc
+        run_q, compile_s, how, inc_acc = as_run(q, eager_acc)
         add(f"INC 3.10 PT2E static INT8 (defaults), {how}", inc_acc, p50_torch(lambda: run_q(example), a.runs), q_s,
             f"torch GraphModule (QDQ) for PyTorch{'+Inductor' if run_q is not q else ''} on x86"
             + (f"; compile {compile_s:.0f} s" if run_q is not q else ""),
@@ -281,11 +285,7 @@ def main() -> None:
         else:
             picked = next(iter(tuned.qconfig.values()))
             t_eager = acc_of(TorchRunner(tuned, eager_batch))
-            if a.no_compile:
-                run_t, t_compile, t_how = tuned, 0.0, "torch eager (--no-compile)"
-            else:
-                run_t, t_compile, t_how = inductor(tuned, example)
-            t_acc = acc_of(TorchRunner(run_t, 1)) if run_t is not tuned else t_eager
+            run_t, t_compile, t_how, t_acc = as_run(tuned, t_eager)
             add(f"INC autotune (tolerable_loss {TOLERANCE:.0%} rel., held-out {len(held.y)}), {t_how}", t_acc,
                 p50_torch(lambda: run_t(example), a.runs), tune_s,
                 f"{trials} of {n_space} trials; picked {config_str(picked)}; held-out float {evals[0]:.4f}, "

@@ -41,7 +41,7 @@ def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
     from torch.fx.experimental.optimization import fuse
 
     try:
-        return fuse(copy.deepcopy(model).eval())
+        return fuse(copy.deepcopy(model).eval(), inplace=True)   # fuse would deep-copy it once more
     except Exception as e:  # noqa: BLE001 -- tracing fails in many ways, all with the same fix
         first = (str(e).strip().splitlines() or [""])[0][:160]
         raise UserError(f"quantize.equalize / quantize.bias_correction need a model torch.fx can trace: "
@@ -93,24 +93,29 @@ def _out_range(m: nn.Module) -> torch.Tensor:
     return w.abs().reshape(w.shape[0], -1).amax(1)
 
 
-def _in_view(m: nn.Module) -> tuple[torch.Tensor, int, int, int]:
-    """B's weight viewed as [groups, out per group, in per group, rest]."""
-    w = m.weight.detach()
+def _input_channel_scale(m: nn.Module, s: torch.Tensor) -> torch.Tensor:
+    """`s` (one value per input channel of `m`) laid out like m.weight: grouped convs see in_channels /
+    groups inputs per output, so output o of group g scales by s[g * per_in + i] at its input i."""
+    w = m.weight
     groups = m.groups if isinstance(m, nn.Conv2d) else 1
     per_in = w.shape[1]
-    return w.reshape(groups, w.shape[0] // groups, per_in, -1), groups, per_in, w.shape[0] // groups
+    layout = s.reshape(groups, 1, per_in).expand(groups, w.shape[0] // groups, per_in).reshape(w.shape[0], per_in)
+    return layout.reshape(*layout.shape, *[1] * (w.dim() - 2))
 
 
 def _in_range(m: nn.Module) -> torch.Tensor:
-    v, groups, per_in, _ = _in_view(m)
-    return v.abs().amax(dim=(1, 3)).reshape(groups * per_in)
+    """Per input channel of `m`, the max |weight| over the outputs that read it."""
+    w = m.weight.detach().abs()
+    groups = m.groups if isinstance(m, nn.Conv2d) else 1
+    per_in = w.shape[1]
+    return w.reshape(groups, w.shape[0] // groups, per_in, -1).amax(dim=(1, 3)).reshape(groups * per_in)
 
 
 @torch.no_grad()
 def equalize(gm: torch.fx.GraphModule, iterations: int = 20) -> dict:
     """Cross-layer equalization of every pair in `gm`, in place. Returns what was done."""
     pairs = equalization_pairs(gm)
-    before = {b: _spread(gm.get_submodule(b)) for _, b in pairs} | {a: _spread(gm.get_submodule(a)) for a, _ in pairs}
+    before = {n: _spread(gm.get_submodule(n)) for n in dict.fromkeys(n for pair in pairs for n in pair)}
     for _ in range(iterations):
         moved = 0.0
         for a_name, b_name in pairs:
@@ -121,9 +126,7 @@ def equalize(gm: torch.fx.GraphModule, iterations: int = 20) -> dict:
             a.weight.div_(s.reshape(-1, *[1] * (a.weight.dim() - 1)))
             if a.bias is not None:
                 a.bias.div_(s)
-            v, groups, per_in, _ = _in_view(b)
-            v.mul_(s.reshape(groups, 1, per_in, 1))
-            b.weight.copy_(v.reshape(b.weight.shape))
+            b.weight.mul_(_input_channel_scale(b, s))
             moved = max(moved, float((s.log().abs()).max()))
         if moved < 1e-3:
             break
@@ -202,8 +205,6 @@ def prepare(model: nn.Module, calib: torch.Tensor, equalize_layers: bool, correc
         info["equalize"] = equalize(gm)
     if correct_bias:
         info["bias_correction"] = bias_correction(gm, calib, per_channel)
-    gm.graph.lint()
-    gm.recompile()
     with torch.no_grad():
         x = calib[: min(len(calib), 64)]
         diff = (model.eval()(x) - gm(x)).abs().max()

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import backends, models, sensitivity
+from pipeline import backends, sensitivity
 from pipeline.config import Target
 from pipeline.errors import UserError
 from pipeline.latency import measure
 from pipeline.runner import Context, Stage, log
 from pipeline.stages.evaluate import runner_accuracy
-from pipeline.stages.load import input_shape, model_spec
+from pipeline.stages.load import input_shape, torch_model
 from pipeline.stages.quantize import OUTPUT_FILE, calibration_set
 
 SELECTION_SAMPLES = 2000  # held-out training samples used to choose a precision (never the test split)
@@ -81,8 +81,7 @@ class CompileStage(Stage):
         t, tfl, ds = self.target, backends.require("tflite"), ctx.data
         int8_name = OUTPUT_FILE["tflite"]
         shutil.copyfile(ctx.artifact(self.inputs[0], int8_name), out / int8_name)
-        spec = model_spec(ctx)
-        model = models.load_model(spec, ctx.artifact(self.source, "model.pt" if spec.trainable else "model.pt2"))
+        model = torch_model(ctx, self.source)
         example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
         float_meta = tfl.convert_float(model, example, out / "model.fp32.tflite")
         runner = tfl.Runner(out / int8_name, threads=t.threads)

@@ -105,14 +105,12 @@ def auto_feature_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     calls: dict[str, int] = {}
     for name, _ in order:
         calls[name] = calls.get(name, 0) + 1
-    last: dict[tuple[int, ...], tuple[str, torch.Tensor]] = {}
+    stage_end: dict[tuple[int, ...], tuple[str, torch.Tensor]] = {}   # keeps resolutions in first-seen order
     for name, o in order:
         hw = tuple(o.shape[2:])
-        if hw == (1, 1) or calls[name] > 1:
-            continue
-        if not (hw in last and last[hw][1] is o):
-            last[hw] = (name, o)
-    return list(dict.fromkeys(last[tuple(o.shape[2:])][0] for _, o in order if tuple(o.shape[2:]) in last))
+        if hw != (1, 1) and calls[name] == 1 and not (hw in stage_end and stage_end[hw][1] is o):
+            stage_end[hw] = (name, o)
+    return [name for name, _ in stage_end.values()]
 
 
 def feature_layers(cfg, teacher: nn.Module, example: torch.Tensor) -> list[str]:
@@ -135,9 +133,8 @@ def feature_layers(cfg, teacher: nn.Module, example: torch.Tensor) -> list[str]:
 def make_adapter(name: str, s: torch.Size, t: torch.Size) -> nn.Module:
     """Maps a student feature of shape `s` to the teacher's `t` (batch dim included): identity when the
     widths match, else a learned 1x1 conv (NCHW) or linear (channels last) layer."""
-    ch = 1 if len(s) == 4 else -1
-    if len(s) != len(t) or [d for i, d in enumerate(s) if i not in (0, ch % len(s))] != \
-            [d for i, d in enumerate(t) if i not in (0, ch % len(t))]:
+    ch = 1 if len(s) == 4 else len(s) - 1
+    if len(s) != len(t) or [d for i, d in enumerate(s) if i not in (0, ch)] != [d for i, d in enumerate(t) if i not in (0, ch)]:
         raise UserError(f"distill.feature_layers: '{name}' gives {tuple(s[1:])} in the student but "
                         f"{tuple(t[1:])} in the teacher, which differ in more than the channel count",
                         "pick a module whose output differs only in width, or leave it out")
@@ -172,9 +169,10 @@ def teacher_outputs(teacher: nn.Module, x: np.ndarray, ds, device: torch.device,
                     cache_features: bool, bs: int = 512) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The teacher's logits for all of `x` (and its features at `names`, fp16, if `cache_features`)."""
     prog = Progress("distill: teacher outputs", len(x), unit="sample")
-    tap = FeatureTap(teacher, names if cache_features else [])
+    cached = names if cache_features else []
+    tap = FeatureTap(teacher, cached)
     logits: list[torch.Tensor] = []
-    feats: dict[str, list[torch.Tensor]] = {n: [] for n in (names if cache_features else [])}
+    feats: dict[str, list[torch.Tensor]] = {n: [] for n in cached}
     try:
         for i in range(0, len(x), bs):
             logits.append(teacher(torch.from_numpy(ds.normalize(x[i:i + bs])).to(device)).cpu())
@@ -220,8 +218,8 @@ class DistillStage(Stage):
                                   "adapter": type(adapters[n]).__name__,
                                   "adapter_params": sum(p.numel() for p in adapters[n].parameters())}
             log.info("[distill] feature distillation at %s", ", ".join(
-                f"{n} ({feat_shapes[n]['student'][0 if len(feat_shapes[n]['student']) == 3 else -1]}->"
-                f"{feat_shapes[n]['teacher'][0 if len(feat_shapes[n]['teacher']) == 3 else -1]})" for n in names))
+                f"{n} ({'x'.join(map(str, v['student']))} -> {'x'.join(map(str, v['teacher']))}, {v['adapter']})"
+                for n, v in feat_shapes.items()))
         torch.manual_seed(seed)  # adapters' init must not shift the student's data order
         wrapped = Distillee(student, names, adapters).to(device)
         teacher.to(device)

@@ -35,6 +35,12 @@ def model_spec(ctx: Context) -> models.ModelSpec:
     return models.parse_spec(c.model, c.weights, c.trust_model)
 
 
+def torch_model(ctx: Context, stage: str) -> torch.nn.Module:
+    """The torch model `stage` wrote (model.pt for factory models, model.pt2 for exported ones), in eval mode."""
+    spec = model_spec(ctx)
+    return models.load_model(spec, ctx.artifact(stage, "model.pt" if spec.trainable else "model.pt2")).eval()
+
+
 def forward_logits(model: torch.nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Run the model once and check it returns (N, num_classes) logits."""
     try:

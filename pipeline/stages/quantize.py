@@ -34,11 +34,11 @@ import numpy as np
 import onnx
 import torch
 
-from pipeline import backends, calibration, dfq, models, sensitivity
+from pipeline import backends, calibration, dfq, sensitivity
 from pipeline.config import Target
 from pipeline.errors import UserError
 from pipeline.runner import Context, Progress, Stage, log
-from pipeline.stages.load import input_shape, model_spec
+from pipeline.stages.load import input_shape, model_spec, torch_model
 
 OUTPUT_FILE = {"tensorrt": "model.int8.qdq.onnx", "onnxruntime": "model.int8.onnx", "tflite": "model.int8.tflite"}
 TORCH_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
@@ -160,32 +160,31 @@ class QuantizeStage(Stage):
         q = ctx.config.quantize
         spec = model_spec(ctx)
         example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
-        prepared = None
-        if q.equalize or q.bias_correction:
-            if spec.kind == "onnx":
-                raise UserError(f"quantize.equalize / quantize.bias_correction transform a torch model; "
-                                f"{spec.path.name} is ONNX", "pass FILE.py:FACTORY or MODEL.pt2, or turn both off")
-            source = models.load_model(spec, ctx.artifact(self.source, "model.pt" if spec.trainable else "model.pt2"))
-            # the model the backend quantizes; the drop is still measured against `source`
+        dfq_on = q.equalize or q.bias_correction
+        if spec.kind == "onnx" and dfq_on:
+            raise UserError(f"quantize.equalize / quantize.bias_correction transform a torch model; "
+                            f"{spec.path.name} is ONNX", "pass FILE.py:FACTORY or MODEL.pt2, or turn both off")
+        if spec.kind == "onnx" and t.backend == "tflite":
+            raise UserError(f"target '{t.name}' (TFLite) needs a torch model, got {spec.path.name}",
+                            "pass FILE.py:FACTORY or MODEL.pt2, or pick an onnxruntime/tensorrt target")
+        # The float model as the source stage wrote it (the reference of every drop), and the one the backend
+        # quantizes: the same, or a copy transformed by pipeline/dfq.py.
+        needs_torch = dfq_on or t.backend == "tflite" or self.dynamic_batch()
+        source = torch_model(ctx, self.source) if spec.kind != "onnx" and needs_torch else None
+        to_quantize, prepared = source, None
+        if dfq_on:
             to_quantize, prepared = dfq.prepare(source, torch.from_numpy(calib), q.equalize, q.bias_correction,
                                                 q.per_channel)
             done = ([f"{len(prepared['equalize']['pairs'])} layer pairs equalized"] if q.equalize else []) + \
                 ([f"{prepared['bias_correction']['layers']} biases corrected"] if q.bias_correction else [])
             log.info("[%s] depthwise-safe PTQ: %s", self.name, ", ".join(done))
         if t.backend == "tflite":
-            if spec.kind == "onnx":
-                raise UserError(f"target '{t.name}' (TFLite) needs a torch model, got {spec.path.name}",
-                                "pass FILE.py:FACTORY or MODEL.pt2, or pick an onnxruntime/tensorrt target")
-            model = models.load_model(spec, ctx.artifact(self.source, "model.pt" if spec.trainable else "model.pt2"))
-            model.eval()
             with torch.no_grad():
-                reference = np.concatenate([model(torch.from_numpy(held.x[i:i + 256])).numpy()
+                reference = np.concatenate([source(torch.from_numpy(held.x[i:i + 256])).numpy()
                                             for i in range(0, len(held.x), 256)])
-            if prepared is not None:
-                model = to_quantize
 
             def convert(float_layers: Sequence[str], path: Path = dest) -> dict:
-                return backend.convert_int8(model, example, calib, path, io_dtype=t.io_dtype, method=method,
+                return backend.convert_int8(to_quantize, example, calib, path, io_dtype=t.io_dtype, method=method,
                                             float_layers=float_layers, per_channel=q.per_channel)
 
             def tfl_logits(path: Path) -> np.ndarray:
@@ -195,28 +194,21 @@ class QuantizeStage(Stage):
                 convert(float_layers, tmp / "sensitivity.tflite")
                 return tfl_logits(tmp / "sensitivity.tflite")
 
-            return _Engine(torch_layers(model), reference, convert, tfl_logits, tfl_proxy,
+            return _Engine(torch_layers(to_quantize), reference, convert, tfl_logits, tfl_proxy,
                            "the target's own converter (litert-torch PT2E, convert_int8 float_layers)", prepared)
 
         ort = backends.require("onnxruntime")
         onnx_src = ctx.artifact(self.source, "model.onnx")
         reference = ort.Runner(onnx_src, threads=t.threads).run(held.x)
         onnx_in = onnx_src
-        if self.dynamic_batch():
-            # A TensorRT optimization profile up to [tensorrt] max_batch needs a dynamic batch dim.
-            if prepared is None and spec.kind == "onnx":
-                if isinstance(ort.io_shapes(ort.load_onnx(onnx_src))["inputs"][ort.INPUT_NAME][0], int):
-                    raise UserError(f"target '{t.name}' asks for [tensorrt] max_batch = {t.tensorrt.max_batch}, but "
-                                    f"{spec.path.name} has a fixed batch dim",
-                                    "re-export the ONNX with a dynamic batch axis, or set max_batch = 1")
-            elif prepared is None:
-                to_quantize = models.load_model(spec, ctx.artifact(self.source, "model.pt" if spec.trainable
-                                                                   else "model.pt2"))
-                onnx_in = tmp / "dynamic.onnx"
-                ort.export_onnx(to_quantize, example, onnx_in, dynamic_batch=True)
-        if prepared is not None:
-            onnx_in = tmp / "prepared.onnx"
+        # A TensorRT optimization profile up to [tensorrt] max_batch needs a dynamic batch dim.
+        if prepared is not None or (self.dynamic_batch() and source is not None):
+            onnx_in = tmp / "to-quantize.onnx"
             ort.export_onnx(to_quantize, example, onnx_in, dynamic_batch=self.dynamic_batch())
+        elif self.dynamic_batch() and isinstance(ort.io_shapes(ort.load_onnx(onnx_src))["inputs"][ort.INPUT_NAME][0], int):
+            raise UserError(f"target '{t.name}' asks for [tensorrt] max_batch = {t.tensorrt.max_batch}, but "
+                            f"{spec.path.name} has a fixed batch dim",
+                            "re-export the ONNX with a dynamic batch axis, or set max_batch = 1")
 
         def onnx_logits(path: Path) -> np.ndarray:
             return ort.Runner(path, threads=t.threads).run(held.x)
