@@ -29,10 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import backends, calibration, models  # noqa: E402
+from pipeline import backends, models  # noqa: E402
+from pipeline.compress import calibration  # noqa: E402
 from pipeline.data import load_fashion_mnist  # noqa: E402
 from pipeline.latency import host_facts, measure  # noqa: E402
-from pipeline.stages.evaluate import runner_accuracy  # noqa: E402
+from pipeline.compress.accuracy import runner_accuracy  # noqa: E402
 
 TARGETS = "jetson,android,x86-cpu"
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import models  # noqa: E402
 from pipeline.data import resolve_data  # noqa: E402
-from pipeline.stages.distill import resolve_device  # noqa: E402
-from pipeline.stages.evaluate import torch_accuracy  # noqa: E402
+from pipeline.compress.distill import resolve_device  # noqa: E402
+from pipeline.compress.accuracy import torch_accuracy  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_scaling import pipeline_cli  # noqa: E402

@@ -50,14 +50,15 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import calibration, models, sensitivity  # noqa: E402
+from pipeline import models  # noqa: E402
+from pipeline.compress import calibration, sensitivity  # noqa: E402
 from pipeline.backends import onnxruntime as ort  # noqa: E402
 from pipeline.backends import tensorrt as trt  # noqa: E402
 from pipeline.backends import tflite as tfl  # noqa: E402
 from pipeline.data import load_fashion_mnist  # noqa: E402
 from pipeline.latency import host_facts, measure  # noqa: E402
-from pipeline.stages.evaluate import runner_accuracy  # noqa: E402
-from pipeline.stages.quantize import onnx_layers  # noqa: E402
+from pipeline.compress.accuracy import runner_accuracy  # noqa: E402
+from pipeline.compress.sensitivity import onnx_layers  # noqa: E402
 
 from quantize_methods import table, timed  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 

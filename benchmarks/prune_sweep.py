@@ -28,7 +28,7 @@ from pipeline.data import resolve_data  # noqa: E402
 from pipeline.latency import host_facts, measure  # noqa: E402
 from pipeline.runner import Context, run_stage  # noqa: E402
 from pipeline.stages.distill import DistillStage  # noqa: E402
-from pipeline.stages.evaluate import runner_accuracy  # noqa: E402
+from pipeline.compress.accuracy import runner_accuracy  # noqa: E402
 from pipeline.stages.load import LoadStage  # noqa: E402
 from pipeline.stages.prune import PruneStage  # noqa: E402
 

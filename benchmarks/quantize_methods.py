@@ -30,14 +30,15 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import calibration, dfq, models, sensitivity  # noqa: E402
+from pipeline import models  # noqa: E402
+from pipeline.compress import calibration, dfq, sensitivity  # noqa: E402
 from pipeline.backends import onnxruntime as ort  # noqa: E402
 from pipeline.backends import tensorrt as trt  # noqa: E402
 from pipeline.backends import tflite as tfl  # noqa: E402
 from pipeline.data import load_fashion_mnist  # noqa: E402
 from pipeline.models.mobilenet import dw_separable  # noqa: E402
 from pipeline.latency import measure  # noqa: E402
-from pipeline.stages.quantize import onnx_layers  # noqa: E402
+from pipeline.compress.sensitivity import onnx_layers  # noqa: E402
 
 STUDENT = ROOT / "runs" / "default-jetson" / "distill" / "model.pt"
 DW_WEIGHTS = ROOT / "pipeline" / "models" / "dw-separable" / "teacher.pt"

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
-import shutil
 import sys
-import time
 from pathlib import Path
 
 from pipeline import __version__
@@ -117,85 +115,14 @@ def default_run_dir(model: str, targets) -> Path:
 
 def cmd_run(a) -> int:
     from pipeline.config import build_run_config, load_targets
-    from pipeline.data import resolve_data
-    from pipeline.models import parse_spec
-    from pipeline import distributed
-    from pipeline.runner import Context, RunLock, cached_record, log, run_stage, setup_logging
-    from pipeline.stages import ORDER, kind, plan
-    from pipeline.stages.quantize import calibration_set
+    from pipeline.runner import run_pipeline
 
     targets = load_targets(a.target)
     cfg = build_run_config(a.config, {"model": a.model, "weights": a.weights, "data": a.data,
                                       "input_shape": a.input_shape, "mean": a.mean, "std": a.std,
                                       "trust_model": a.trust_model or None}, a.set)
-    spec = parse_spec(cfg.model, cfg.weights, cfg.trust_model)
-    if a.until and a.until not in ORDER:
-        raise UserError(f"--until {a.until}: no such stage", f"use one of {', '.join(ORDER)}")
-    if a.until in ("prune", "distill") and not spec.trainable:
-        raise UserError(f"--until {a.until}: {spec.kind} models skip prune and distill", "use --until quantize or later")
     run_dir = Path(a.out) if a.out else default_run_dir(cfg.model, targets)
-    distributed.init()
-    ctx = Context(run_dir, cfg, targets, lambda: resolve_data(cfg.data, cfg.mean, cfg.std))
-    stages = plan(ctx, spec.trainable)
-    if a.until and not any(kind(s.name) == a.until for s in stages):
-        raise UserError(f"--until {a.until}: this run has no {a.until} stage (prune.enabled or distill.enabled is "
-                        f"false)", "use --until with a later stage, or enable the stage")
-    if distributed.rank() != 0:
-        return _distill_worker(ctx, stages)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to run folder {run_dir}: {e.strerror}", "pass --out with a writable folder") from None
-    told_workers = not distributed.active()
-    try:
-        with RunLock(run_dir):
-            setup_logging(run_dir, a.verbose)
-            log.info("edge-compress %s: model %s, targets %s, run folder %s", __version__, spec.label,
-                     ",".join(t.name for t in targets), run_dir)
-            t0 = time.monotonic()
-            if not spec.trainable:
-                log.info("prune and distill skipped: %s models have no nn.Module layers to prune", spec.kind)
-            last = max((i for i, s in enumerate(stages) if kind(s.name) == a.until), default=len(stages) - 1)
-            if any(kind(s.name) == "quantize" for s in stages[: last + 1]):
-                # Refuse a bad calibration set now, not after minutes of distillation.
-                calibration_set(ctx)
-            for s in stages[: last + 1]:
-                if s.name == "distill" and not told_workers:
-                    distributed.broadcast(a.force or cached_record(s, ctx) is None)
-                    told_workers = True
-                run_stage(s, ctx, force=a.force)
-            if stages[last].name in ("report", "handoff"):
-                for f in ("report.json", "report.md", "report.html"):
-                    if (run_dir / "report" / f).exists():
-                        shutil.copyfile(run_dir / "report" / f, run_dir / f)
-                from pipeline import device
-                for line in device.remerge(run_dir):   # device measurements merged earlier survive a re-run
-                    log.info(line)
-            cached = sum(v == "cached" for v in ctx.statuses.values())
-            log.info("finished in %.1fs (%d stages ran, %d cached); report: %s", time.monotonic() - t0,
-                     len(ctx.statuses) - cached, cached, run_dir / "report.md")
-    finally:
-        if not told_workers:
-            distributed.broadcast(False)  # release the other ranks: distill will not run
-        distributed.shutdown()
-    return 0
-
-
-def _distill_worker(ctx, stages) -> int:
-    """A rank other than 0: wait for rank 0 to reach distill, take part if it runs, then exit."""
-    import tempfile
-
-    from pipeline import distributed
-    try:
-        if distributed.broadcast(None):
-            stage = next(s for s in stages if s.name == "distill")
-            with tempfile.TemporaryDirectory() as scratch:
-                stage.run(ctx, Path(scratch))
-    finally:
-        distributed.shutdown()
+    run_pipeline(run_dir, cfg, targets, until=a.until, force=a.force, verbose=a.verbose)
     return 0
 
 
@@ -209,7 +136,7 @@ def cmd_targets(a) -> int:
 
 
 def cmd_calibrate(a) -> int:
-    from pipeline import calibration
+    from pipeline.compress import calibration
     from pipeline.data import resolve_data
     ds = resolve_data(a.data)
     kwargs = {"out_dir": Path(a.out_dir)} if a.out_dir else {}

@@ -27,7 +27,8 @@ from pipeline.backends import tensorrt as trt_backend
 from pipeline.errors import UserError
 from pipeline.latency import measure
 from pipeline.report import render, schema
-from pipeline.runner import sha256_file, write_json
+from pipeline.hashing import sha256_file
+from pipeline.runner import write_json
 from pipeline.verify import TargetResult, check_files, read_manifest, target_dirs
 
 WRITTEN_BY = "python -m pipeline bench"

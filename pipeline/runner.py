@@ -8,7 +8,6 @@ in a temporary folder that is renamed into place only when it succeeded.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -23,21 +22,10 @@ from typing import Any, Callable, Optional
 from pipeline import __version__
 from pipeline.config import RunConfig, Target
 from pipeline.errors import UserError
+from pipeline.hashing import sha256_file, sha256_json
 
 STAGE_RECORD = "stage.json"
 log = logging.getLogger("pipeline")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -107,6 +95,36 @@ class Context:
             raise UserError(f"missing artifact {stage}/{filename} in {self.run_dir}", "re-run with --force")
         return p
 
+    # What several stages read the same way (a stage never imports another stage).
+    def model_spec(self):
+        from pipeline import models
+        c = self.config
+        return models.parse_spec(c.model, c.weights, c.trust_model)
+
+    def torch_model(self, stage: str):
+        """The torch model `stage` wrote (model.pt for factory models, model.pt2 for exported ones), in eval mode."""
+        from pipeline import models
+        spec = self.model_spec()
+        return models.load_model(spec, self.artifact(stage, "model.pt" if spec.trainable else "model.pt2")).eval()
+
+    def input_shape(self) -> list[int]:
+        """(1, C, H, W): from --input-shape, else the targets, else the data; they must agree."""
+        data_shape = [1, *self.data.input_shape]
+        shape = self.config.input_shape or data_shape
+        if list(shape) != data_shape:
+            raise UserError(f"input shape {shape} does not match the data's images {data_shape}",
+                            "drop --input-shape or pass data of that shape")
+        for t in self.targets:
+            if t.input_shape and list(t.input_shape) != list(shape):
+                raise UserError(f"target '{t.name}' expects input {t.input_shape} but the model gets {list(shape)}",
+                                "fix input_shape in the target profile or pass matching --data")
+        return list(shape)
+
+    def calibration_set(self):
+        """The run's verified calibration set (as stored), its manifest and the manifest's path."""
+        from pipeline.compress import calibration
+        return calibration.resolve(self.config.quantize.calibration, self.data, self.config.seed, self.input_shape())
+
 
 class Stage:
     """Subclasses set `name`, `inputs`, and implement `config_slice` and `run`."""
@@ -114,6 +132,7 @@ class Stage:
     name: str = ""
     inputs: tuple[str, ...] = ()
     target: Optional[Target] = None
+    config_sections: tuple[str, ...] = ()   # RunConfig sections the stage reads; hashed whole by `sections`
 
     def config_slice(self, ctx: Context) -> dict:
         return {}
@@ -125,6 +144,11 @@ class Stage:
     def fingerprint(self, ctx: Context) -> str:
         inputs = {name: ctx.record(name)["outputs"] for name in self.inputs}
         return sha256_json({"config": self.config_slice(ctx), "inputs": inputs, "version": __version__})
+
+    def sections(self, ctx: Context) -> dict:
+        """The config sections the stage declares (`config_sections`), whole: a new setting in one of them
+        changes the cache key without anyone listing it."""
+        return {name: getattr(ctx.config, name).model_dump() for name in self.config_sections}
 
 
 def cached_record(stage: Stage, ctx: Context, fingerprint: Optional[str] = None) -> Optional[dict]:
@@ -222,3 +246,91 @@ def setup_logging(run_dir: Optional[Path], verbose: bool = False) -> None:
         fh = logging.FileHandler(run_dir / "log.txt")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(fh)
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to run folder {run_dir}: {e.strerror}", "pass --out with a writable folder") from None
+
+
+def run_pipeline(run_dir: Path, config: RunConfig, targets: list[Target], until: Optional[str] = None,
+                 force: bool = False, verbose: bool = False) -> Context:
+    """The one loop of a run: plan the stages, check what can be checked before any work (the --until
+    stage, the calibration set), run (or reuse) each stage in order under the run folder's lock, publish
+    the report and merge device reports measured earlier. Under torchrun, ranks other than 0 wait for
+    the distill stage, take part in it, and return."""
+    from pipeline import distributed
+    from pipeline.data import resolve_data
+    from pipeline.stages import ORDER, kind, plan
+
+    ctx = Context(run_dir, config, targets, lambda: resolve_data(config.data, config.mean, config.std))
+    spec = ctx.model_spec()
+    if until and until not in ORDER:
+        raise UserError(f"--until {until}: no such stage", f"use one of {', '.join(ORDER)}")
+    if until in ("prune", "distill") and not spec.trainable:
+        raise UserError(f"--until {until}: {spec.kind} models skip prune and distill", "use --until quantize or later")
+    distributed.init()
+    stages = plan(ctx, spec.trainable)
+    if until and not any(kind(s.name) == until for s in stages):
+        raise UserError(f"--until {until}: this run has no {until} stage (prune.enabled or distill.enabled is "
+                        f"false)", "use --until with a later stage, or enable the stage")
+    if distributed.rank() != 0:
+        _distill_worker(ctx, stages)
+        return ctx
+    _check_writable(run_dir)
+    told_workers = not distributed.active()
+    try:
+        with RunLock(run_dir):
+            setup_logging(run_dir, verbose)
+            log.info("edge-compress %s: model %s, targets %s, run folder %s", __version__, spec.label,
+                     ",".join(t.name for t in targets), run_dir)
+            t0 = time.monotonic()
+            if not spec.trainable:
+                log.info("prune and distill skipped: %s models have no nn.Module layers to prune", spec.kind)
+            last = max((i for i, s in enumerate(stages) if kind(s.name) == until), default=len(stages) - 1)
+            if any(kind(s.name) == "quantize" for s in stages[: last + 1]):
+                ctx.calibration_set()   # refuse a bad calibration set now, not after minutes of distillation
+            for s in stages[: last + 1]:
+                if s.name == "distill" and not told_workers:
+                    distributed.broadcast(force or cached_record(s, ctx) is None)
+                    told_workers = True
+                run_stage(s, ctx, force=force)
+            if kind(stages[last].name) in ("report", "handoff"):
+                _publish_report(run_dir)
+            cached = sum(v == "cached" for v in ctx.statuses.values())
+            log.info("finished in %.1fs (%d stages ran, %d cached); report: %s", time.monotonic() - t0,
+                     len(ctx.statuses) - cached, cached, run_dir / "report.md")
+    finally:
+        if not told_workers:
+            distributed.broadcast(False)  # release the other ranks: distill will not run
+        distributed.shutdown()
+    return ctx
+
+
+def _publish_report(run_dir: Path) -> None:
+    """Copy the report stage's files to the run folder's top and merge the device reports kept there."""
+    from pipeline import device
+    for f in ("report.json", "report.md", "report.html"):
+        if (run_dir / "report" / f).exists():
+            shutil.copyfile(run_dir / "report" / f, run_dir / f)
+    for line in device.remerge(run_dir):   # device measurements merged earlier survive a re-run
+        log.info(line)
+
+
+def _distill_worker(ctx: Context, stages: list[Stage]) -> None:
+    """A rank other than 0: wait for rank 0 to reach distill, take part if it runs, then return."""
+    import tempfile
+
+    from pipeline import distributed
+    try:
+        if distributed.broadcast(None):
+            stage = next(s for s in stages if s.name == "distill")
+            with tempfile.TemporaryDirectory() as scratch:
+                stage.run(ctx, Path(scratch))
+    finally:
+        distributed.shutdown()

@@ -36,7 +36,7 @@ import numpy as np
 from pipeline import backends
 from pipeline.errors import UserError
 from pipeline.latency import measure
-from pipeline.runner import sha256_file
+from pipeline.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 UNLISTED_OK = ("manifest.json", "README.md")        # written after the manifest's file list, so not in it

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipeline import calibration
+from pipeline.compress import calibration
 from pipeline.errors import UserError
 
 
@@ -47,7 +47,7 @@ def test_empty_set_refused(fmnist, tmp_path):
         calibration.build(fmnist, 0, seed=0, out_dir=tmp_path)
     # a hand-made empty set with a consistent manifest is still refused
     np.save(tmp_path / "e.npy", np.zeros((0, 1, 28, 28), np.uint8))
-    from pipeline.runner import sha256_file
+    from pipeline.hashing import sha256_file
     (tmp_path / "e.json").write_text(json.dumps({"sha256": sha256_file(tmp_path / "e.npy"), "shape": [0, 1, 28, 28],
                                                  "dtype": "uint8", "source": {}}))
     with pytest.raises(UserError, match="empty"):

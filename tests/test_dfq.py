@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import dfq
+from pipeline.compress import dfq
 from pipeline.errors import UserError
 
 

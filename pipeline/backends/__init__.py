@@ -1,36 +1,44 @@
-"""Inference engines, one module each: `onnxruntime`, `tflite`, `tensorrt`.
+"""Inference engines, one module (or folder) each, registered by name.
 
-Each is imported lazily, so a missing engine is one clear message when it is needed, not an
-ImportError at start. Every backend module offers `available() -> (bool, reason)` and a
-`Runner(path, threads=...)` whose `run(x)` takes normalized float32 NCHW input and returns float32
-logits, plus the build/quantize functions that only it can do.
+The stages see only the contract in `base.py`: `get(name)` returns the engine a target names, and
+`require(name)` the same after checking its runtime imports here. Engines are imported lazily, so a
+missing one is one clear message when it is needed, never an ImportError at start. Nothing outside
+this folder compares an engine's name with a string: ask the engine instead.
 """
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from functools import lru_cache
 
 from pipeline.errors import UserError
 
-BACKENDS = ("onnxruntime", "tflite", "tensorrt")
-INSTALL_HINT = {
-    "onnxruntime": "pip install -r requirements.txt (onnxruntime)",
-    "tflite": "pip install -r requirements.txt (ai-edge-litert, litert-torch)",
-    "tensorrt": "run on a machine with an NVIDIA GPU and TensorRT (JetPack on a Jetson)",
+# name -> "module:class". Adding an engine is adding a module and a line here.
+REGISTRY = {
+    "onnxruntime": "pipeline.backends.onnxruntime:OnnxRuntime",
+    "tflite": "pipeline.backends.tflite:LiteRT",
+    "tensorrt": "pipeline.backends.tensorrt:TensorRT",
 }
+BACKENDS = tuple(REGISTRY)
 
 
-def get(name: str) -> ModuleType:
-    """The backend module (imports only our module; the engine itself is imported on use)."""
-    if name not in BACKENDS:
+@lru_cache(maxsize=None)
+def get(name: str):
+    """The engine registered as `name` (imports only our module; the runtime itself is imported on use)."""
+    if name not in REGISTRY:
         raise UserError(f"unknown backend '{name}'", f"use one of {', '.join(BACKENDS)}")
-    return importlib.import_module(f"pipeline.backends.{name}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
 
 
-def require(name: str) -> ModuleType:
-    """The backend module, after checking its engine can be imported here."""
-    mod = get(name)
-    ok, reason = mod.available()
+def require(name: str):
+    """The engine, after checking its runtime can be used here."""
+    engine = get(name)
+    ok, reason = engine.available()
     if not ok:
-        raise UserError(f"the {name} engine is not available here: {reason}", INSTALL_HINT[name])
-    return mod
+        raise UserError(f"the {name} engine is not available here: {reason}", engine.install_hint)
+    return engine
+
+
+def host_runner(name: str):
+    """The engine whose Runner executes `name`'s artifacts on this machine (itself, or its host proxy)."""
+    return get(get(name).host_runtime or name)

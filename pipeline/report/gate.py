@@ -93,7 +93,8 @@ from pipeline.config import Target, load_target
 from pipeline.errors import UserError
 from pipeline.latency import median_ci
 from pipeline.report import schema
-from pipeline.runner import sha256_file, write_json
+from pipeline.hashing import sha256_file
+from pipeline.runner import write_json
 
 DEFAULT_ROUNDS = 60          # interleaved rounds (pairs of bursts)
 MIN_ROUNDS = 5               # fewer cannot give a confidence interval narrower than the whole sample

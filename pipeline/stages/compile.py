@@ -15,14 +15,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import backends, sensitivity
+from pipeline import backends
+from pipeline.compress import sensitivity
 from pipeline.config import Target
 from pipeline.errors import UserError
 from pipeline.latency import measure
 from pipeline.runner import Context, Stage, log
-from pipeline.stages.evaluate import runner_accuracy
-from pipeline.stages.load import input_shape, torch_model
-from pipeline.stages.quantize import OUTPUT_FILE, calibration_set
+from pipeline.compress.accuracy import runner_accuracy
 
 SELECTION_SAMPLES = 2000  # held-out training samples used to choose a precision (never the test split)
 
@@ -50,7 +49,7 @@ class CompileStage(Stage):
         for p in problems:
             log.warning("[%s] TensorRT check: %s %s: %s", self.name, p["op"], p["node"], p["message"])
         opts = {**t.tensorrt.model_dump(), "int8": True, "fp16": t.tensorrt.fp16_fallback,
-                "input_shape": [1, *input_shape(ctx)[1:]],
+                "input_shape": [1, *ctx.input_shape()[1:]],
                 # one optimization profile, batch 1..max_batch, kernels tuned for max_batch
                 "min_opt_max_batch": [1, t.tensorrt.max_batch, t.tensorrt.max_batch] if dynamic else None}
         for fname, text in trt.build_script(onnx_name, "model.plan", opts).items():
@@ -81,7 +80,7 @@ class CompileStage(Stage):
         t, tfl, ds = self.target, backends.require("tflite"), ctx.data
         int8_name = OUTPUT_FILE["tflite"]
         shutil.copyfile(ctx.artifact(self.inputs[0], int8_name), out / int8_name)
-        model = torch_model(ctx, self.source)
+        model = ctx.torch_model(self.source)
         example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
         float_meta = tfl.convert_float(model, example, out / "model.fp32.tflite")
         runner = tfl.Runner(out / int8_name, threads=t.threads)
@@ -104,7 +103,7 @@ class CompileStage(Stage):
         if t.precision == "auto":
             # Choose on held-out *training* samples outside the calibration set: the test split is only
             # for the report, and calibration samples would flatter INT8.
-            _, manifest, _ = calibration_set(ctx)
+            _, manifest, _ = ctx.calibration_set()
             held = sensitivity.held_out(ds, manifest.get("indices", []), SELECTION_SAMPLES, ctx.config.seed + 1)
             idx = held.indices
             x, y = ds.x_train[idx], ds.y_train[idx]

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__, backends
-from pipeline.runner import Context, Stage, read_json, sha256_file, write_json
+from pipeline.hashing import sha256_file
+from pipeline.runner import Context, Stage, read_json, write_json
 from pipeline.stages.report import artifact_rows, deliverable, toolchain
 
 GOLDEN_SAMPLES = 16

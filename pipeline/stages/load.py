@@ -12,33 +12,9 @@ from pipeline import models
 from pipeline.backends import onnxruntime as ort_backend
 from pipeline.errors import UserError
 from pipeline.latency import measure
-from pipeline.runner import Context, Stage, sha256_file, write_json
-from pipeline.stages.evaluate import runner_accuracy, torch_accuracy
-
-
-def input_shape(ctx: Context) -> list[int]:
-    """(1, C, H, W): from --input-shape, else the targets, else the data; they must agree."""
-    data_shape = [1, *ctx.data.input_shape]
-    shape = ctx.config.input_shape or data_shape
-    if list(shape) != data_shape:
-        raise UserError(f"input shape {shape} does not match the data's images {data_shape}",
-                        "drop --input-shape or pass data of that shape")
-    for t in ctx.targets:
-        if t.input_shape and list(t.input_shape) != list(shape):
-            raise UserError(f"target '{t.name}' expects input {t.input_shape} but the model gets {list(shape)}",
-                            "fix input_shape in the target profile or pass matching --data")
-    return list(shape)
-
-
-def model_spec(ctx: Context) -> models.ModelSpec:
-    c = ctx.config
-    return models.parse_spec(c.model, c.weights, c.trust_model)
-
-
-def torch_model(ctx: Context, stage: str) -> torch.nn.Module:
-    """The torch model `stage` wrote (model.pt for factory models, model.pt2 for exported ones), in eval mode."""
-    spec = model_spec(ctx)
-    return models.load_model(spec, ctx.artifact(stage, "model.pt" if spec.trainable else "model.pt2")).eval()
+from pipeline.compress.accuracy import runner_accuracy, torch_accuracy
+from pipeline.hashing import sha256_file
+from pipeline.runner import Context, Stage, write_json
 
 
 def forward_logits(model: torch.nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -75,7 +51,7 @@ class LoadStage(Stage):
     name = "load"
 
     def config_slice(self, ctx: Context) -> dict:
-        spec = model_spec(ctx)
+        spec = ctx.model_spec()
         c = ctx.config
         return {
             "model": spec.label, "kind": spec.kind,
@@ -87,8 +63,8 @@ class LoadStage(Stage):
         }
 
     def run(self, ctx: Context, out: Path) -> dict:
-        ds, spec = ctx.data, model_spec(ctx)
-        shape = input_shape(ctx)
+        ds, spec = ctx.data, ctx.model_spec()
+        shape = ctx.input_shape()
         x_test, y_test = ds.x_test[: ctx.config.evaluate.test_limit], ds.y_test[: ctx.config.evaluate.test_limit]
         example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
         data_info = {"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint(),

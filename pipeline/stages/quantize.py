@@ -34,32 +34,15 @@ import numpy as np
 import onnx
 import torch
 
-from pipeline import backends, calibration, dfq, sensitivity
+from pipeline import backends
+from pipeline.compress import calibration, dfq, sensitivity
 from pipeline.config import Target
 from pipeline.errors import UserError
 from pipeline.runner import Context, Progress, Stage, log
-from pipeline.stages.load import input_shape, model_spec, torch_model
 
 OUTPUT_FILE = {"tensorrt": "model.int8.qdq.onnx", "onnxruntime": "model.int8.onnx", "tflite": "model.int8.tflite"}
-TORCH_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
 TRT_PROXY_NOTE = ("ONNX Runtime's QDQ quantizer with symmetric int8 activations and weights (minmax for entropy), a "
                   "proxy for modelopt, which costs ~10 s per run; fallback steps re-quantize with modelopt")
-
-
-def calibration_set(ctx: Context) -> tuple[np.ndarray, dict, Path]:
-    """The run's verified calibration set (as stored), its manifest and the manifest's path."""
-    return calibration.resolve(ctx.config.quantize.calibration, ctx.data, ctx.config.seed, input_shape(ctx))
-
-
-def onnx_layers(path: Path) -> list[str]:
-    """Names of the weighted nodes (Conv, Gemm, ...) of an ONNX model, in graph order."""
-    from pipeline.backends.onnxruntime import WEIGHTED_OPS
-    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in WEIGHTED_OPS]
-
-
-def torch_layers(model: torch.nn.Module) -> list[str]:
-    """Names of the Conv2d / Linear modules of a torch model, in definition order."""
-    return [name for name, m in model.named_modules() if isinstance(m, TORCH_LAYERS)]
 
 
 class QuantizeStage(Stage):
@@ -82,7 +65,7 @@ class QuantizeStage(Stage):
         return self.target.budgets.max_accuracy_drop if q.max_drop is None else q.max_drop
 
     def config_slice(self, ctx: Context) -> dict:
-        _, manifest, _ = calibration_set(ctx)
+        _, manifest, _ = ctx.calibration_set()
         q = ctx.config.quantize
         return {"backend": self.target.backend, "method": self.method(ctx), "io_dtype": self.target.io_dtype,
                 "percentile": q.percentile, "seed": ctx.config.seed,
@@ -95,7 +78,7 @@ class QuantizeStage(Stage):
 
     def run(self, ctx: Context, out: Path) -> dict:
         t, ds, q = self.target, ctx.data, ctx.config.quantize
-        x_cal, manifest, man_path = calibration_set(ctx)
+        x_cal, manifest, man_path = ctx.calibration_set()
         calib = ds.normalize(x_cal)
         dest = out / OUTPUT_FILE[t.backend]
         budget = self.budget(ctx)
@@ -158,7 +141,7 @@ class QuantizeStage(Stage):
         backend = backends.get(t.backend)
         method = self.method(ctx)
         q = ctx.config.quantize
-        spec = model_spec(ctx)
+        spec = ctx.model_spec()
         example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
         dfq_on = q.equalize or q.bias_correction
         if spec.kind == "onnx" and dfq_on:
@@ -170,7 +153,7 @@ class QuantizeStage(Stage):
         # The float model as the source stage wrote it (the reference of every drop), and the one the backend
         # quantizes: the same, or a copy transformed by pipeline/dfq.py.
         needs_torch = dfq_on or t.backend == "tflite" or self.dynamic_batch()
-        source = torch_model(ctx, self.source) if spec.kind != "onnx" and needs_torch else None
+        source = ctx.torch_model(self.source) if spec.kind != "onnx" and needs_torch else None
         to_quantize, prepared = source, None
         if dfq_on:
             to_quantize, prepared = dfq.prepare(source, torch.from_numpy(calib), q.equalize, q.bias_correction,
@@ -194,7 +177,7 @@ class QuantizeStage(Stage):
                 convert(float_layers, tmp / "sensitivity.tflite")
                 return tfl_logits(tmp / "sensitivity.tflite")
 
-            return _Engine(torch_layers(to_quantize), reference, convert, tfl_logits, tfl_proxy,
+            return _Engine(sensitivity.torch_layers(to_quantize), reference, convert, tfl_logits, tfl_proxy,
                            "the target's own converter (litert-torch PT2E, convert_int8 float_layers)", prepared)
 
         ort = backends.require("onnxruntime")
@@ -230,7 +213,7 @@ class QuantizeStage(Stage):
                               exclude_nodes=float_layers, activation_symmetric=symmetric, per_channel=q.per_channel)
             return onnx_logits(tmp / "sensitivity.onnx")
 
-        return _Engine(onnx_layers(onnx_in), reference, build, onnx_logits, onnx_proxy, note, prepared)
+        return _Engine(sensitivity.onnx_layers(onnx_in), reference, build, onnx_logits, onnx_proxy, note, prepared)
 
 
 @dataclass(frozen=True)

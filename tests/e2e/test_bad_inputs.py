@@ -111,8 +111,8 @@ def test_user_errors(files, tmp_path, args, words):
 ])
 def test_bad_calibration_sets(files, tmp_path, fmnist, calib, words):
     """The quantize stage refuses a bad set; the stages before it stay done, quantize does not."""
-    from pipeline import calibration
-    from pipeline.runner import sha256_file
+    from pipeline.compress import calibration
+    from pipeline.hashing import sha256_file
     c = tmp_path / "cal"
     c.mkdir()
     np.save(c / "empty.npy", np.zeros((0, 1, 28, 28), np.uint8))

@@ -18,7 +18,7 @@ from pipeline.backends.onnxruntime import Runner, export_onnx
 from pipeline.config import load_target
 from pipeline.errors import UserError
 from pipeline.report import gate, schema
-from pipeline.runner import sha256_file
+from pipeline.hashing import sha256_file
 
 INT8 = "jetson: INT8 QDQ ONNX (host proxy)"
 ENGINE = "jetson: TensorRT engine"

@@ -17,7 +17,7 @@ import torch
 from pipeline.errors import UserError
 from pipeline.models.mobilenet import dw_separable
 from pipeline.models.resnet import small_resnet
-from pipeline.stages.distill import auto_feature_layers, kd_loss, make_adapter, split_train_val
+from pipeline.compress.distill import auto_feature_layers, kd_loss, make_adapter, split_train_val
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = ["--set", "distill.train_limit=1024", "--set", "distill.batch_size=64", "--set", "distill.epochs=2",

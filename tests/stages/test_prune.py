@@ -13,8 +13,9 @@ from pipeline.data import resolve_data
 from pipeline.errors import UserError
 from pipeline.runner import Context, read_json, run_stage
 from pipeline.stages.load import LoadStage
-from pipeline.stages.prune import (KDSettings, PruneStage, Setup, layer_channels, prune_once, prune_to_budget,
-                                   protected_layers)
+from pipeline.compress.prune import (KDSettings, Setup, layer_channels, prune_once, prune_to_budget,
+                                     protected_layers)
+from pipeline.stages.prune import PruneStage
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import calibration
+from pipeline.compress import calibration
 from pipeline.backends import onnxruntime as ort_backend
 from pipeline.config import load_target
 from pipeline.data import resolve_data
 from pipeline.report.schema import quantization_notes, target_summary
-from pipeline.runner import sha256_file
+from pipeline.hashing import sha256_file
 
 OUTLIER = 100.0  # a last-layer weight shared by all classes (see models_dir)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.config import CALIBRATION_DIR, ROOT
 from pipeline.errors import UserError
-from pipeline.runner import sha256_file
+from pipeline.hashing import sha256_file
 
 MANIFEST_VERSION = 1
 

@@ -13,6 +13,7 @@ that slice. The quantize stage supplies one per backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -98,3 +99,17 @@ def fallback(order: Sequence[str], quantized: Quantized, reference: np.ndarray, 
             "accuracy_drop": steps[-1]["accuracy_drop"], "int8_accuracy_drop": steps[0]["accuracy_drop"],
             "float_layers": [{"layer": layer, "reason": why} for layer, why in zip(kept, reasons)],
             "steps": steps}
+
+
+def onnx_layers(path: Path) -> list[str]:
+    """Names of the weighted nodes (Conv, Gemm, ...) of an ONNX model, in graph order."""
+    import onnx
+
+    from pipeline.backends.onnxruntime import WEIGHTED_OPS
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in WEIGHTED_OPS]
+
+
+def torch_layers(model) -> list[str]:
+    """Names of the Conv2d / Linear modules of a torch model, in definition order."""
+    import torch
+    return [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]

@@ -1,0 +1,409 @@
+"""prune: dependency-aware structured channel pruning (torch-pruning DepGraph) to a budget.
+
+Budgets (`prune.budget`): a fraction of MACs or parameters to remove (the pruning ratio is searched
+by bisection until the pruned model is within `tolerance` of the goal), a plain channel ratio, or a
+host latency goal (each candidate is exported to ONNX and timed in ONNX Runtime FP32; the search
+keeps the least-pruned candidate that meets the goal, every measurement is recorded). With
+`iterative_steps` > 1 the budget is approached in steps, with a short knowledge distillation from the
+unpruned model between steps.
+
+Residual adds, channel concat, depthwise/grouped convs, squeeze-and-excitation, BatchNorm/LayerNorm/
+GroupNorm are followed by torch-pruning's dependency graph; attention heads are declared to it for
+nn.MultiheadAttention and for modules with an integer `num_heads` and a `qkv` Linear (head
+dimensions shrink, the head count stays). The classifier (the last conv/linear called) is never
+pruned, the stem (the first) when `ignore_stem`, and any layer in `prune.ignore`. After pruning the
+model must run, keep its output shape, and export to ONNX that ONNX Runtime runs like torch; a model
+that fails any of these is a UserError naming the layer and how to exclude it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import models
+from pipeline.backends import onnxruntime as ort_backend
+from pipeline.config import PruneConfig
+from pipeline.errors import UserError
+from pipeline.latency import measure
+from pipeline.compress.distill import kd_loss
+from pipeline.runner import log
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+# Upper end of the ratio search: above it most layers are left with a channel or two.
+MAX_SEARCH_RATIO = 0.95
+SEARCH_ITERATIONS = 14
+LATENCY_ITERATIONS = 8
+# A latency candidate this close under the goal ends the search (timing noise is larger than this).
+LATENCY_SLACK = 0.05
+ONNX_ATOL = 1e-3
+
+
+def traced_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the conv/linear layers in the order forward calls them (each once)."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: order.append(n) if n not in order else None)
+             for n, m in model.named_modules()
+             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.MultiheadAttention))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def protected_layers(model: nn.Module, example: torch.Tensor, cfg: PruneConfig) -> list[str]:
+    """Layers never pruned: the classifier (last conv/linear called), the stem (first, with
+    `ignore_stem`) and `cfg.ignore`, which must name existing modules."""
+    names = dict(model.named_modules())
+    unknown = [n for n in cfg.ignore if n not in names]
+    if unknown:
+        raise UserError(f"prune.ignore names unknown layers: {', '.join(unknown)}",
+                        f"use module names such as {', '.join(list(names)[1:4])}")
+    order = traced_layers(model, example)
+    if not order:
+        raise UserError("the model has no Conv/Linear layers that forward calls", "there is nothing to prune")
+    auto = order[-1:] + (order[:1] if cfg.ignore_stem else [])
+    return sorted(set(auto) | set(cfg.ignore))
+
+
+def importance(criterion: str):
+    import torch_pruning as tp
+    return {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+        "bn_scale": lambda: tp.importance.BNScaleImportance(),
+        "taylor": lambda: tp.importance.TaylorImportance(),
+        "lamp": lambda: tp.importance.LAMPImportance(p=2),
+    }[criterion]()
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """The `qkv` Linear of timm-style attention (modules with an integer `num_heads`): torch-pruning
+    prunes it head by head. nn.MultiheadAttention is left out: torch-pruning's own pruner for it shrinks
+    the embedding only when it is not declared here (see `attention_round_to`)."""
+    return {m.qkv: m.num_heads for m in model.modules()
+            if isinstance(getattr(m, "num_heads", None), int) and isinstance(getattr(m, "qkv", None), nn.Linear)}
+
+
+def attention_round_to(model: nn.Module, round_to: int) -> int:
+    """round_to made a multiple of every nn.MultiheadAttention's head count, so pruned embeddings split
+    into whole heads."""
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            round_to = math.lcm(round_to, m.num_heads)
+    return round_to
+
+
+def sync_attention(model: nn.Module) -> None:
+    """After pruning, set `head_dim` of timm-style attention modules from their pruned qkv layer."""
+    for m in model.modules():
+        if isinstance(getattr(m, "num_heads", None), int) and isinstance(getattr(m, "qkv", None), nn.Linear) \
+                and isinstance(getattr(m, "head_dim", None), int):
+            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+
+
+def layer_channels(model: nn.Module) -> dict[str, int]:
+    return {n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+@dataclass
+class Setup:
+    """What one pruning pass needs besides the model and the ratio."""
+
+    criterion: str
+    round_to: int
+    ignored: list[str]
+    global_pruning: bool = False
+    max_layer_ratio: float = 1.0
+    calibration: Batches = field(default_factory=list)  # (x, y) batches for Taylor's gradients
+
+
+def failing_layer(model: nn.Module, example: torch.Tensor) -> tuple[Optional[str], Optional[BaseException]]:
+    """Run forward; on failure, name the layer that failed if it was a leaf layer, else the last layer
+    that finished (the error then came from the code between layers that uses its output)."""
+    running: list[str] = []
+    finished: list[str] = []
+
+    def done(name: str) -> None:
+        running.pop()
+        finished.append(name)
+
+    hooks = []
+    for n, m in model.named_modules():
+        if n:
+            hooks.append(m.register_forward_pre_hook(lambda m, i, n=n: running.append(n)))
+            hooks.append(m.register_forward_hook(lambda m, i, o, n=n: done(n)))
+    try:
+        with torch.no_grad():
+            model(example)
+        return None, None
+    except Exception as e:  # noqa: BLE001 -- any failure of the pruned model is reported with its layer
+        mods = dict(model.named_modules())
+        if running and not list(mods[running[-1]].children()):
+            return running[-1], e
+        return (finished[-1] if finished else (running[-1] if running else None)), e
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def check_pruned(original: nn.Module, pruned: nn.Module, example: torch.Tensor) -> None:
+    """The pruned model must run and give the original's output shape, else a UserError naming the layer."""
+    layer, err = failing_layer(pruned, example)
+    if err is not None:
+        where = f"at layer '{layer}'" if layer else "before its first layer"
+        raise UserError(f"the pruned model fails {where}: {err.__class__.__name__}: {str(err).splitlines()[0][:200]} "
+                        "(torch-pruning could not follow how that layer's channels are used)",
+                        f"exclude it with --set 'prune.ignore=[\"{layer or 'layer.name'}\"]'")
+    with torch.no_grad():
+        y_o, y_p = original(example), pruned(example)
+    if y_o.shape != y_p.shape:
+        last = traced_layers(original, example)[-1:]
+        raise UserError(f"pruning changed the output shape {list(y_o.shape)} -> {list(y_p.shape)}",
+                        f"add the output layer to prune.ignore, e.g. --set 'prune.ignore={last}'")
+
+
+def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Setup) -> nn.Module:
+    """A pruned copy of `model` with `ratio` of each group's channels removed (global: of all)."""
+    import torch_pruning as tp
+    m = copy.deepcopy(model).eval()
+    if ratio == 0:
+        return m
+    ignored_mods = [m.get_submodule(n) for n in setup.ignored]
+    try:
+        pruner = tp.pruner.MetaPruner(
+            m, example, importance=importance(setup.criterion), pruning_ratio=ratio,
+            global_pruning=setup.global_pruning, max_pruning_ratio=setup.max_layer_ratio,
+            ignored_layers=ignored_mods, round_to=attention_round_to(m, setup.round_to),
+            num_heads=attention_heads(m))
+        if setup.criterion == "taylor":
+            if not setup.calibration:
+                raise UserError("prune.criterion 'taylor' needs calibration batches for its gradients",
+                                "pass training batches, or use --set prune.criterion=l2")
+            m.zero_grad()
+            for xb, yb in setup.calibration:
+                nn.functional.cross_entropy(m(xb), yb).backward()
+        pruner.step()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- torch-pruning raises many types on graphs it cannot follow
+        layer, _ = failing_layer(m, example)
+        named = f" (the model now fails at layer '{layer}')" if layer else ""
+        raise UserError(f"torch-pruning cannot prune this model{named}: {e.__class__.__name__}: "
+                        f"{str(e).splitlines()[0][:200]}",
+                        f"exclude the layer with --set 'prune.ignore=[\"{layer or 'layer.name'}\"]'") from None
+    m.zero_grad(set_to_none=True)
+    sync_attention(m)
+    check_pruned(model, m, example)
+    return m.eval()
+
+
+def onnx_latency_ms(model: nn.Module, example: torch.Tensor, threads: int, runs: int) -> dict:
+    """Export to ONNX and time it in ONNX Runtime FP32 (p50 ms and the run facts)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        ort_backend.export_onnx(model, example, path)
+        runner = ort_backend.Runner(path, threads=threads)
+        xb = runner.prepare(example.numpy())
+        lat = measure(lambda: runner.run_raw(xb), warmup=10, runs=runs, threads=threads)
+    return {"p50_ms": lat["p50_ms"], "p50_ci95_ms": lat["p50_ci95_ms"], "runs": runs, "threads": threads}
+
+
+@dataclass
+class Budget:
+    """The quantity a search drives down, and its goal for one step."""
+
+    kind: str                                   # "macs" | "params" | "latency"
+    goal: float                                 # absolute: MACs, params or ms
+    tolerance: float                            # absolute
+    value: Callable[[nn.Module], tuple[float, dict]]
+
+
+def next_ratio(lo: tuple[float, float], hi: tuple[float, float], goal: float) -> float:
+    """Next ratio inside the bracket (lo, hi) of (ratio, value) pairs: interpolate the value in the
+    kept fraction squared (MACs and params of a conv net scale roughly so), kept off the ends."""
+    (r0, v0), (r1, v1) = lo, hi
+    if v0 == v1:
+        return (r0 + r1) / 2
+    t = min(0.9, max(0.1, (v0 - goal) / (v0 - v1)))
+    k0, k1 = (1 - r0) ** 2, (1 - r1) ** 2
+    return 1 - math.sqrt(k0 + t * (k1 - k0))
+
+
+def search(model: nn.Module, example: torch.Tensor, budget: Budget, setup: Setup) -> tuple[nn.Module, list[dict]]:
+    """Search the pruning ratio of `model` towards `budget.goal` (interpolation inside a shrinking bracket).
+
+    MACs/params: the candidate closest to the goal (stop within tolerance). Latency: the least-pruned
+    candidate measured at or under the goal (stop within LATENCY_SLACK of it); a UserError if none."""
+    start, _ = budget.value(model)
+    lo, hi = (0.0, start), (MAX_SEARCH_RATIO, 0.0)   # value at the top end is unknown: assume 0
+    trials: list[dict] = []
+    best: Optional[tuple[nn.Module, float, float]] = None   # (model, value, ratio)
+    iterations = LATENCY_ITERATIONS if budget.kind == "latency" else SEARCH_ITERATIONS
+    for _ in range(iterations):
+        mid = next_ratio(lo, hi, budget.goal)
+        cand = prune_once(model, example, mid, setup)
+        value, facts = budget.value(cand)
+        trials.append({"ratio": round(mid, 5), budget.kind: value, **facts})
+        if budget.kind == "latency":
+            if value <= budget.goal and (best is None or mid < best[2]):
+                best = (cand, value, mid)
+            if value <= budget.goal and budget.goal - value <= budget.tolerance:
+                break
+        else:
+            if best is None or abs(value - budget.goal) < abs(best[1] - budget.goal):
+                best = (cand, value, mid)
+            if abs(value - budget.goal) <= budget.tolerance:
+                break
+        if value > budget.goal:
+            lo = (mid, value)
+        else:
+            hi = (mid, value)
+        if hi[0] - lo[0] < 1e-3:
+            break
+    if best is None:
+        closest = min(trials, key=lambda t: t[budget.kind])
+        raise UserError(f"latency goal {budget.goal:.3f} ms not reached: the fastest candidate measured "
+                        f"{closest['latency']:.3f} ms at pruning ratio {closest['ratio']}",
+                        "raise prune.latency_ms, or use a faster target backend/threads")
+    return best[0], trials
+
+
+def short_kd(student: nn.Module, teacher: nn.Module, data: Batches, temperature: float, alpha: float,
+             lr: float) -> list[float]:
+    """A few hundred batches of KD (SGD, cosine decay) from the unpruned model; returns the losses."""
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, len(data)))
+    losses = []
+    student.train()
+    for xb, yb in data:
+        with torch.no_grad():
+            t = teacher(xb)
+        loss = kd_loss(student(xb), t, yb, temperature, alpha)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(round(float(loss.detach()), 5))
+    student.zero_grad(set_to_none=True)
+    student.eval()
+    return losses
+
+
+@dataclass
+class KDSettings:
+    """The short distillation between iterative steps."""
+
+    batches: Batches
+    temperature: float = 4.0
+    alpha: float = 0.7
+    lr: float = 0.01
+
+
+def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, setup: Setup,
+                    threads: int = 2, kd: Optional[KDSettings] = None) -> tuple[nn.Module, dict]:
+    """Prune `model` to the budget of `cfg`, in `cfg.iterative_steps` steps (KD between them when `kd`).
+
+    Returns the pruned model and a record: the goal, the unpruned reference values, and per step the
+    search trials (and every latency measurement)."""
+    model = model.eval()
+    base_macs, base_params = models.count_macs(model, example), models.count_params(model)
+    steps = cfg.iterative_steps
+    record: dict = {"budget": cfg.budget, "iterative_steps": steps, "steps": []}
+    base_latency = None
+    if cfg.budget == "latency":
+        if cfg.latency_ms is None:
+            raise UserError("prune.budget is 'latency' but prune.latency_ms is not set",
+                            "add --set prune.latency_ms=<host ONNX Runtime p50 goal in ms>")
+        base_latency = onnx_latency_ms(model, example, threads, cfg.latency_runs)
+        record["latency_before"] = base_latency
+        record["latency_goal_ms"] = cfg.latency_ms
+        if base_latency["p50_ms"] <= cfg.latency_ms:
+            log.info("[prune] unpruned latency %.3f ms already meets %.3f ms: not pruned",
+                     base_latency["p50_ms"], cfg.latency_ms)
+            record["steps"].append({"step": 1, "ratio": 0.0, "search": []})
+            return copy.deepcopy(model), record
+    if setup.criterion == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise UserError("prune.criterion 'bn_scale' ranks channels by BatchNorm scales, but the model has no BatchNorm",
+                        "use --set prune.criterion=l2 (or l1, taylor, lamp)")
+
+    def macs_of(m: nn.Module) -> tuple[float, dict]:
+        v = models.count_macs(m, example)
+        return v, {"macs_fraction": v / base_macs}
+
+    def params_of(m: nn.Module) -> tuple[float, dict]:
+        v = models.count_params(m)
+        return v, {"params_fraction": v / base_params}
+
+    def latency_of(m: nn.Module) -> tuple[float, dict]:
+        lat = onnx_latency_ms(m, example, threads, cfg.latency_runs)
+        return lat["p50_ms"], {"latency_measurement": lat}
+
+    current = copy.deepcopy(model)
+    for k in range(1, steps + 1):
+        step: dict = {"step": k}
+        if cfg.budget == "ratio":
+            # Each step keeps the same fraction of the channels left, so N steps keep (1 - ratio) in all.
+            r = 1 - (1 - cfg.ratio) ** (1 / steps)
+            current = prune_once(current, example, r, setup)
+            step.update({"ratio": round(r, 5), "search": []})
+        else:
+            share = k / steps
+            if cfg.budget == "latency":
+                b = base_latency["p50_ms"]
+                budget = Budget("latency", b - (b - cfg.latency_ms) * share, LATENCY_SLACK * cfg.latency_ms, latency_of)
+            elif cfg.budget == "params":
+                budget = Budget("params", base_params * (1 - cfg.params_reduction * share),
+                                cfg.tolerance * base_params, params_of)
+            else:
+                budget = Budget("macs", base_macs * (1 - cfg.macs_reduction * share), cfg.tolerance * base_macs, macs_of)
+            if (cfg.budget == "macs" and cfg.macs_reduction == 0) or (cfg.budget == "params" and cfg.params_reduction == 0):
+                step.update({"goal": budget.goal, "search": []})
+            else:
+                current, trials = search(current, example, budget, setup)
+                step.update({"goal": budget.goal, "search": trials})
+        if kd is not None and k < steps and kd.batches:
+            step["kd_losses"] = short_kd(current, model, kd.batches, kd.temperature, kd.alpha, kd.lr)
+        step.update({"macs": models.count_macs(current, example), "params": models.count_params(current)})
+        record["steps"].append(step)
+        log.info("[prune] step %d/%d: MACs %.3f, params %.3f of the unpruned", k, steps,
+                 step["macs"] / base_macs, step["params"] / base_params)
+
+    macs, params = models.count_macs(current, example), models.count_params(current)
+    if cfg.budget in ("macs", "params"):
+        goal_frac = 1 - (cfg.macs_reduction if cfg.budget == "macs" else cfg.params_reduction)
+        got = (macs / base_macs) if cfg.budget == "macs" else (params / base_params)
+        record["goal_fraction"] = goal_frac
+        record["met"] = abs(got - goal_frac) <= cfg.tolerance
+        if not record["met"]:
+            log.warning("[prune] closest reachable %s fraction %.3f (goal %.3f) with round_to %d",
+                        cfg.budget, got, goal_frac, setup.round_to)
+    if cfg.budget == "latency":
+        record["latency_after"] = onnx_latency_ms(current, example, threads, cfg.latency_runs)
+        record["met"] = record["latency_after"]["p50_ms"] <= cfg.latency_ms * (1 + LATENCY_SLACK)
+    return current, record
+
+
+def calibration_batches(ds, seed: int, n: int, batch: int) -> Batches:
+    """`n` random training samples, normalized, in batches of `batch` (seeded)."""
+    idx = np.random.default_rng(seed).choice(len(ds.x_train), size=min(n, len(ds.x_train)), replace=False)
+    return [(torch.from_numpy(ds.normalize(ds.x_train[idx[i:i + batch]])), torch.from_numpy(ds.y_train[idx[i:i + batch]]))
+            for i in range(0, len(idx), batch)]
+
+
+def check_onnx(meta: dict) -> None:
+    """The exported pruned model must answer like torch in ONNX Runtime."""
+    if meta["max_abs_diff_vs_torch"] > ONNX_ATOL:
+        raise UserError(f"the pruned model's ONNX export differs from torch by {meta['max_abs_diff_vs_torch']:.3g}",
+                        "exclude the layers whose pruned form the exporter mistranslates with prune.ignore")
