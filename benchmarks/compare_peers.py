@@ -91,7 +91,7 @@ def main() -> None:
     teacher_macs = models.count_macs(teacher, example)
     x_cal, _ = calibration.load("fashion-mnist-512", ds, [1, 1, 28, 28])
     calib = ds.normalize(x_cal)
-    ort, tfl, trt = backends.get("onnxruntime"), backends.get("tflite"), backends.get("tensorrt")
+    from pipeline.backends import onnxruntime as ort, tensorrt as trt, tflite as tfl
     student_macs = json.loads((args.run / "distill" / "stage.json").read_text())["metrics"]["macs"]
 
     rows, notes = [], []

@@ -146,7 +146,7 @@ def cmd_calibrate(a) -> int:
 
 
 def cmd_gate(a) -> int:
-    from pipeline.report import gate
+    from pipeline.report import gate, gate_output
     if a.update_baseline:
         path, hashed = gate.update_baseline(Path(a.report), Path(a.baseline))
         print(f"gate: baseline written to {path} from {a.report} (sha256 of {hashed} artifact files recorded)")
@@ -155,9 +155,9 @@ def cmd_gate(a) -> int:
                        max_latency_regression_pct=a.max_latency_regression_pct, max_size_mb=a.max_size_mb,
                        baseline_run=Path(a.baseline_run) if a.baseline_run else None,
                        rounds=gate.DEFAULT_ROUNDS if a.interleaved_runs is None else a.interleaved_runs,
-                       threads=a.threads, progress=gate.progress_to_stderr)
-    print(gate.text(result))
-    gate.write_outputs(result, Path(a.junit) if a.junit else None, Path(a.markdown) if a.markdown else None)
+                       threads=a.threads, progress=gate_output.progress_to_stderr)
+    print(gate_output.text(result))
+    gate_output.write_outputs(result, Path(a.junit) if a.junit else None, Path(a.markdown) if a.markdown else None)
     return result.exit_code
 
 

@@ -21,6 +21,15 @@ CALIBRATION_DIR = ROOT / "calibration"
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def cache_key(self) -> dict:
+        """Every setting of this section that can change a stage's outputs: all of them, except those
+        declared with NOT_CACHED (speed or bookkeeping only). A new setting is in the key by default."""
+        return {k: v for k, v in self.model_dump().items()
+                if not (type(self).model_fields[k].json_schema_extra or {}).get("cache_key") is False}
+
+
+NOT_CACHED = {"cache_key": False}   # json_schema_extra of settings that change speed, never results
+
 
 # ---------------------------------------------------------------- targets
 class Budgets(Strict):
@@ -54,7 +63,7 @@ class TensorRTOptions(Strict):
 class Target(Strict):
     name: str
     description: str = ""
-    backend: Literal["tensorrt", "tflite", "onnxruntime"]
+    backend: str = Field(description="an engine of pipeline/backends (python -m pipeline targets lists them)")
     precision: Literal["int8", "fp16", "fp32", "auto"] = "int8"
     input_shape: Optional[list[int]] = None
     round_to: int = Field(8, ge=1)
@@ -107,8 +116,10 @@ def load_target(spec: str) -> Target:
         t = Target(**data)
     except ValidationError as e:
         raise validation_message(e, path.name) from None
-    if t.backend == "tensorrt" and t.tensorrt is None:
-        t.tensorrt = TensorRTOptions()
+    from pipeline import backends
+    if t.backend not in backends.BACKENDS:
+        raise UserError(f"{path.name}: unknown backend '{t.backend}'", f"use one of {', '.join(backends.BACKENDS)}")
+    backends.get(t.backend).complete_target(t)
     try:
         t.source = str(path.resolve().relative_to(ROOT))
     except ValueError:
@@ -166,14 +177,16 @@ class DistillConfig(Strict):
     val_fraction: float = Field(0.05, ge=0, lt=0.5)
     train_limit: Optional[int] = Field(None, ge=1, description="use only this many training samples")
     patience: int = Field(3, ge=1)
-    checkpoint_every: int = Field(100, ge=1, description="steps between resume checkpoints")
+    checkpoint_every: int = Field(100, ge=1, description="steps between resume checkpoints", json_schema_extra=NOT_CACHED)
     feature_layers: list[str] = Field(default_factory=list, description=(
         "modules (shared by teacher and student) whose outputs are matched through learned adapters; "
         "[\"auto\"] = the end of each spatial stage; [] = logits only"))
     feature_weight: float = Field(1.0, ge=0, description="weight of the feature-matching MSE term")
     feature_cache_mb: int = Field(4096, ge=0, description="cache the teacher's features (fp16) up to this size; "
-                                  "above it the teacher runs every step")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one")
+                                  "above it the teacher runs every step", json_schema_extra=NOT_CACHED)
+    # the device changes speed (and float rounding), not what is trained
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one",
+                                                   json_schema_extra=NOT_CACHED)
 
 
 class QuantizeConfig(Strict):

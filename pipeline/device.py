@@ -5,7 +5,7 @@ for a TensorRT bundle it builds `model.plan` from the QDQ ONNX if it is missing 
 the bundle's build_engine.py), checks the engine's outputs against `golden.npz` and times it with CUDA
 events; for a TFLite or ONNX Runtime bundle it does the same with this machine's runtime (a Raspberry
 Pi with LiteRT, an x86 box with ONNX Runtime). It writes a device report in the schema that the
-bundle's build_engine.py writes too (both come from `pipeline.backends.tensorrt.device_report`;
+bundle's build_engine.py writes too (both come from `pipeline.bundle.devicekit.device_report`;
 schema: pipeline/report/schema.py).
 
 `python -m pipeline report RUN_DIR --device-report FILE [...]` merges device reports into the run's
@@ -14,7 +14,6 @@ artifact this run handed off (sha256).
 """
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 from importlib.metadata import PackageNotFoundError, version
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import backends
-from pipeline.backends import tensorrt as trt_backend
+from pipeline.bundle.devicekit import REPORT_VERSION, device_latency, device_report, golden_check
 from pipeline.errors import UserError
 from pipeline.latency import measure
 from pipeline.report import render, schema
@@ -33,12 +32,7 @@ from pipeline.verify import TargetResult, check_files, read_manifest, target_dir
 
 WRITTEN_BY = "python -m pipeline bench"
 KEPT_DIR = "device-reports"   # merged device reports, kept in the run folder
-REPORT_VERSION = 1
-PLAN = "model.plan"
-BUILD_KEYS = ("int8", "fp16", "workspace_mb", "timing_cache", "dla_core", "gpu_fallback", "min_opt_max_batch")
 CPU_WHAT = "wall time of one {runtime} inference on this machine's CPU ({threads} threads), input prepared beforehand"
-GPU_WHAT = "GPU time of execute_async_v3 between CUDA events, copies excluded"
-RUNTIME_PACKAGES = {"tflite": ("ai-edge-litert", "tflite-runtime"), "onnxruntime": ("onnxruntime",)}
 
 
 # ---------------------------------------------------------------- bench
@@ -58,8 +52,8 @@ def _pick_target(bundle: Path, target: str | None) -> tuple[Path, dict]:
     return found[name], read_manifest(found[name])
 
 
-def _runtime_version(backend: str) -> str | None:
-    for pkg in RUNTIME_PACKAGES[backend]:
+def _runtime_version(engine) -> str | None:
+    for pkg in engine.runtime_packages:
         try:
             return f"{pkg} {version(pkg)}"
         except PackageNotFoundError:
@@ -67,80 +61,24 @@ def _runtime_version(backend: str) -> str | None:
     return None
 
 
-def _build_options(tdir: Path) -> dict:
-    """The engine build options written into the bundle's build_engine.py (its DEFAULTS), so that bench
-    and the standalone script build the same engine."""
-    script = tdir / "build_engine.py"
-    try:
-        tree = ast.parse(script.read_text())
-        node = next(n for n in tree.body if isinstance(n, ast.Assign)
-                    and any(isinstance(t, ast.Name) and t.id == "DEFAULTS" for t in n.targets))
-        defaults = ast.literal_eval(node.value)
-    except (OSError, SyntaxError, ValueError, StopIteration) as e:
-        raise UserError(f"cannot read the build options from {script} ({e.__class__.__name__})",
-                        "get an intact bundle (python -m pipeline verify)") from None
-    return {k: defaults[k] for k in BUILD_KEYS}
-
-
-def _golden(tdir: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    with np.load(tdir / manifest["golden"]["file"]) as g:
-        return g["x"].astype(np.float32), g["y"], (g["labels"] if "labels" in g.files else None)
-
-
-def _bench_tensorrt(tdir: Path, manifest: dict, warmup: int, runs: int) -> dict:
-    ok, reason = trt_backend.available()
+def cpu_bench(engine, tdir: Path, manifest: dict, warmup: int, runs: int, threads: int) -> dict:
+    """bench for engines that run their deliverable on the device's CPU (LiteRT, ONNX Runtime)."""
+    ok, reason = engine.available()
     if not ok:
-        raise UserError(f"target '{manifest['target']}' is a TensorRT bundle and TensorRT cannot run here: {reason}",
-                        "run bench on the device (a Jetson with JetPack, or a machine with an NVIDIA GPU and "
-                        "TensorRT), or use the bundle's build_engine.py there")
-    import tensorrt
-
-    expected = (manifest.get("device_toolchain") or {}).get("tensorrt")
-    match = None if not expected else tensorrt.__version__.split(".")[:2] == str(expected).split(".")[:2]
-    onnx_path, plan = tdir / manifest["deliverable"], tdir / PLAN
-    report = trt_backend.device_report(WRITTEN_BY, onnx_path, {"name": "tensorrt", "version": tensorrt.__version__,
-                                                               "expected": manifest.get("device_toolchain"),
-                                                               "version_match": match}, gpu=True)
-    built = not plan.is_file()
-    if built:
-        opts = _build_options(tdir)
-        batch = opts.pop("min_opt_max_batch")
-        cache = opts.pop("timing_cache")
-        report["build"] = trt_backend.build_engine(onnx_path, plan, timing_cache=tdir / cache if cache else None,
-                                                   min_opt_max_batch=tuple(batch) if batch else None, **opts)
-    else:
-        report["build"] = {"plan": PLAN, "skipped": True}
-    runner = trt_backend.EngineRunner(plan)
-    report["engine"] = {"file": PLAN, "sha256": sha256_file(plan), "built_here": built}
-    report["layer_precisions"] = runner.layer_precisions()
-    x, y, labels = _golden(tdir, manifest)
-    gold = manifest["golden"]
-    report["check"] = trt_backend.golden_check(runner.run(x), y, labels, gold["max_abs"], 0.0,
-                                               gold["min_argmax_agreement"])
-    batch_x = x[: runner.input_shape[0] or 1]
-    report["latency_ms"] = trt_backend.device_latency(runner.time(batch_x, warmup, runs), warmup, len(batch_x), GPU_WHAT)
-    return report
-
-
-def _bench_cpu(tdir: Path, manifest: dict, warmup: int, runs: int, threads: int) -> dict:
-    backend = manifest["backend"]
-    mod = backends.get(backend)
-    ok, reason = mod.available()
-    if not ok:
-        raise UserError(f"target '{manifest['target']}' needs the {backend} runtime, which is not installed here: "
-                        f"{reason}", backends.INSTALL_HINT[backend])
+        raise UserError(f"target '{manifest['target']}' needs the {engine.name} runtime, which is not installed here: "
+                        f"{reason}", engine.install_hint)
     artifact = tdir / manifest["deliverable"]
-    report = trt_backend.device_report(WRITTEN_BY, artifact, {"name": backend, "version": _runtime_version(backend),
-                                                              "threads": threads}, gpu=False)
-    runner = mod.Runner(artifact, threads=threads)
-    x, y, labels = _golden(tdir, manifest)
+    report = device_report(WRITTEN_BY, artifact, {"name": engine.name, "version": _runtime_version(engine),
+                                                  "threads": threads}, gpu=False)
+    runner = engine.Runner(artifact, threads=threads)
+    with np.load(tdir / manifest["golden"]["file"]) as g:
+        x, y, labels = g["x"].astype(np.float32), g["y"], (g["labels"] if "labels" in g.files else None)
     gold = manifest["golden"]
-    report["check"] = trt_backend.golden_check(runner.run(x), y, labels, gold["max_abs"], 0.0,
-                                               gold["min_argmax_agreement"])
+    report["check"] = golden_check(runner.run(x), y, labels, gold["max_abs"], 0.0, gold["min_argmax_agreement"])
     xb = runner.prepare(x[:1])
     lat = measure(lambda: runner.run_raw(xb), warmup=warmup, runs=runs, threads=threads)
-    report["latency_ms"] = trt_backend.device_latency(lat["samples_ms"], warmup, len(xb),
-                                                      CPU_WHAT.format(runtime=backend, threads=threads))
+    report["latency_ms"] = device_latency(lat["samples_ms"], warmup, len(xb),
+                                          CPU_WHAT.format(runtime=engine.name, threads=threads))
     return report
 
 
@@ -155,12 +93,9 @@ def bench(bundle: Path, target: str | None, out: Path, warmup: int = 50, runs: i
     if res.failures:
         raise UserError(f"bundle folder {tdir} does not match its manifest: {'; '.join(res.failures)}",
                         "get an intact bundle (python -m pipeline verify shows what is wrong)")
-    if manifest["backend"] == "tensorrt":
-        report = _bench_tensorrt(tdir, manifest, warmup, runs)
-    elif manifest["backend"] in RUNTIME_PACKAGES:
-        report = _bench_cpu(tdir, manifest, warmup, runs, threads)
-    else:
+    if manifest["backend"] not in backends.BACKENDS:
         raise UserError(f"unknown backend '{manifest['backend']}' in {tdir / 'manifest.json'}", "regenerate the bundle")
+    report = backends.get(manifest["backend"]).bench(tdir, manifest, warmup, runs, threads)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report)
     return report
@@ -227,10 +162,8 @@ def _device_row(report: dict, t: dict, dr: dict) -> dict:
             + "; test-set accuracy is a host figure")
     fields = {"latency_p50_ms": lat["p50"], "latency_p90_ms": lat["p90"], "latency_ci95_ms": None,
               "latency_where": "device", "note": note}
-    if t["backend"] == "tensorrt":
-        row = next((a for a in report["artifacts"] if a["target"] == t["name"] and a["backend"] == "tensorrt"), None)
-        if row is None:
-            raise UserError(f"report has no TensorRT engine row for target '{t['name']}'", "regenerate the report")
+    row = next((a for a in report["artifacts"] if a["target"] == t["name"] and a.get("device_engine")), None)
+    if row is not None:       # an engine built on the device (TensorRT): its own row carries the device figure
         row.update(fields)
         return row
     host = next((a for a in report["artifacts"] if a["name"] == t["deliverable"]), None)

@@ -148,7 +148,7 @@ class Stage:
     def sections(self, ctx: Context) -> dict:
         """The config sections the stage declares (`config_sections`), whole: a new setting in one of them
         changes the cache key without anyone listing it."""
-        return {name: getattr(ctx.config, name).model_dump() for name in self.config_sections}
+        return {name: getattr(ctx.config, name).cache_key() for name in self.config_sections}
 
 
 def cached_record(stage: Stage, ctx: Context, fingerprint: Optional[str] = None) -> Optional[dict]:

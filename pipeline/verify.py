@@ -44,7 +44,6 @@ PACKAGING = ("stage.json", "handoff.tar.gz")        # the handoff stage's own re
 ABSOLUTE_PATH = re.compile(rb"(?<![\w.~-])(/home/|/root/|/tmp/|/work/|/Users/|/private/var/|/var/folders/|/mnt/|"
                            rb"[A-Za-z]:\\Users\\)")
 TOOLCHAIN_KEYS = ("python", "edge-compress")
-RUNTIME_OF_BACKEND = {"onnxruntime": "onnxruntime", "tflite": "tflite", "tensorrt": "onnxruntime"}
 
 
 @dataclass
@@ -182,12 +181,12 @@ def absolute_paths(root: Path) -> list[str]:
 
 def check_outputs(tdir: Path, manifest: dict, res: TargetResult, threads: int, runs: int) -> None:
     """Run the deliverable (or the TensorRT target's host proxy) on golden.npz and time it."""
-    runtime = RUNTIME_OF_BACKEND.get(manifest["backend"])
-    if manifest["backend"] == "tensorrt":
-        res.engine = _engine_status(tdir, manifest)
-    if runtime is None:
+    if manifest["backend"] not in backends.BACKENDS:
         res.failures.append(f"unknown backend '{manifest['backend']}' in manifest.json")
         return
+    engine = backends.get(manifest["backend"])
+    res.engine = engine.check_bundle_engine(tdir, manifest)
+    runtime = engine.host_runtime
     ok, reason = backends.get(runtime).available()
     if not ok:
         res.outputs = f"not checked here: {reason}"
@@ -207,7 +206,7 @@ def check_outputs(tdir: Path, manifest: dict, res: TargetResult, threads: int, r
         res.failures.append(f"{manifest['deliverable']} on {gold['file']}: {getattr(e, 'problem', e)}")
         return
     ok, what = compare(out, y, gold)
-    proxy = " (QDQ ONNX host proxy, onnxruntime)" if manifest["backend"] == "tensorrt" else ""
+    proxy = f" (host proxy, {runtime})" if runtime != engine.name else ""
     res.outputs = f"{'OK' if ok else 'FAILED'}{proxy}: {what}"
     if not ok:
         res.failures.append(f"outputs of {manifest['deliverable']} differ from golden.npz beyond the tolerances")
@@ -223,25 +222,6 @@ def compare(out: np.ndarray, y: np.ndarray, gold: dict) -> tuple[bool, str]:
     ok = diff <= gold["max_abs"] and agree >= gold["min_argmax_agreement"]
     return ok, (f"max |diff| {diff:.3g} (tolerance {gold['max_abs']:.3g}), argmax agreement {agree:.3f} "
                 f"(min {gold['min_argmax_agreement']:.3g}) on {len(y)} golden samples")
-
-
-def _engine_status(tdir: Path, manifest: dict) -> str:
-    """The TensorRT plan's check: run it on golden.npz where TensorRT and a GPU exist, else say why not."""
-    trt = backends.get("tensorrt")
-    ok, reason = trt.available()
-    plan = tdir / "model.plan"
-    if not ok:
-        return f"not checked here: needs TensorRT on the device ({reason})"
-    if not plan.is_file():
-        return "not checked: no model.plan in the bundle (build it with build_engine.py or `python -m pipeline bench`)"
-    try:
-        runner = trt.EngineRunner(plan)
-        with np.load(tdir / manifest["golden"]["file"]) as g:
-            x, y = g["x"], g["y"]
-        ok, what = compare(runner.run(x), y, manifest["golden"])
-    except (UserError, KeyError, ValueError, OSError) as e:
-        return f"FAILED: model.plan could not run: {getattr(e, 'problem', e)}"
-    return f"{'OK' if ok else 'FAILED'}: model.plan {what}"
 
 
 def verify(path: Path, threads: int = 2, runs: int = 100) -> BundleResult:

@@ -42,6 +42,27 @@ def run_cli():
     return cli
 
 
+TARGETS = "jetson,android"   # a TensorRT bundle (QDQ ONNX, checked in ONNX Runtime) and a TFLite one
+SMALL_RUN = ["--set", "distill.epochs=0.2", "--set", "distill.train_limit=1000", "--set", "evaluate.test_limit=300",
+             "--set", "evaluate.runs=20", "--set", "evaluate.warmup=5", "--set", "load.latency_runs=10"]
+
+
+@pytest.fixture(scope="session")
+def small_run(small_npz: Path, run_cli, tmp_path_factory) -> Path:
+    """A finished short run of every stage for TARGETS on a slice of real Fashion-MNIST, made once per test
+    session and shared by the stage, verify and device-report tests (tests copy what they change)."""
+    base = tmp_path_factory.getbasetemp() / "verify-bundle"
+    run = base / "run"
+    if not (run / "handoff" / "handoff.tar.gz").is_file():
+        calib = base / "calib"
+        r = run_cli("calibrate", "--data", str(small_npz), "--size", "128", "--name", "small-128", "--out-dir", str(calib))
+        assert r.returncode == 0, r.stderr[-2000:]
+        r = run_cli("run", "--target", TARGETS, "--data", str(small_npz), "--out", str(run),
+                    "--set", f"quantize.calibration={calib / 'small-128'}", *SMALL_RUN, timeout=1800)
+        assert r.returncode == 0, r.stderr[-4000:]
+    return run
+
+
 def _train_briefly(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100,
                    one_thread: bool = True) -> torch.nn.Module:
     """Adam (lr 3e-3) on random batches of 64: enough for a small net to mean something. Seed first."""

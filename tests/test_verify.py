@@ -11,31 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TARGETS
 from pipeline.cli import main
 
-TARGETS = "jetson,android"   # a TensorRT bundle (QDQ ONNX, checked in ONNX Runtime) and a TFLite one
-SMALL_RUN = ["--set", "distill.epochs=0.2", "--set", "distill.train_limit=1000", "--set", "evaluate.test_limit=300",
-             "--set", "evaluate.runs=20", "--set", "evaluate.warmup=5", "--set", "load.latency_runs=10"]
-
-
-def small_run(small_npz: Path, run_cli, tmp_path_factory) -> Path:
-    """A finished short run of every stage for TARGETS, made once per test session (its folder is shared
-    with tests/test_device_report.py; tests copy what they change)."""
-    base = tmp_path_factory.getbasetemp() / "verify-bundle"
-    run = base / "run"
-    if not (run / "handoff" / "handoff.tar.gz").is_file():
-        calib = base / "calib"
-        r = run_cli("calibrate", "--data", str(small_npz), "--size", "128", "--name", "small-128", "--out-dir", str(calib))
-        assert r.returncode == 0, r.stderr[-2000:]
-        r = run_cli("run", "--target", TARGETS, "--data", str(small_npz), "--out", str(run),
-                    "--set", f"quantize.calibration={calib / 'small-128'}", *SMALL_RUN, timeout=1800)
-        assert r.returncode == 0, r.stderr[-4000:]
-    return run
-
-
 @pytest.fixture(scope="module")
-def run_dir(small_npz, run_cli, tmp_path_factory) -> Path:
-    return small_run(small_npz, run_cli, tmp_path_factory)
+def run_dir(small_run) -> Path:
+    return small_run
 
 
 def verify(capsys, *args: str) -> tuple[int, str, str]:

@@ -151,6 +151,9 @@ class Engine(ABC):
         return cls.available()[0]
 
     # ------------------------------------------------------------ per-target rules
+    def complete_target(self, target: Any) -> None:
+        """Fill in this engine's defaults on a target profile that was just read (e.g. its options table)."""
+
     def check_target(self, target: Any, quantize_cfg: Any) -> None:
         """Raise a UserError when the target or the quantize settings ask for what this engine cannot do."""
 
@@ -201,6 +204,16 @@ class Engine(ABC):
         """On the device: check the deliverable against the golden samples, time it, return a device report."""
 
 
+def choice_metrics(engine: Engine, target: Any, kind: str, candidates: dict[str, str], choice: str,
+                   measured: dict) -> dict:
+    """Compile metrics of an engine that ships one of an INT8 and an FP32 file (the `choice`), both measured
+    here: `kind` names the format in the rows ("ONNX", "TFLite")."""
+    common = {"backend": engine.name, "target": target.name, "threads": target.threads}
+    return {"backend": engine.name, "precision": choice, "selection": measured, "deliverables": [candidates[choice]],
+            "artifacts": [{**common, "name": f"{target.name}: {prec.upper()} {kind}", "file": f, "precision": prec,
+                           "selected": choice == prec} for prec, f in candidates.items()]}
+
+
 def conformance_problems(engine_cls: type) -> list[str]:
     """What an engine class lacks against this contract (empty when it conforms): abstract methods left
     unimplemented, a Runner that is not a base.Runner or leaves methods abstract, signatures that differ
@@ -214,7 +227,7 @@ def conformance_problems(engine_cls: type) -> list[str]:
     for attr in ("name", "install_hint", "int8_file", "Runner", "host_runtime"):
         if not getattr(engine_cls, attr, None):
             problems.append(f"{engine_cls.__name__}.{attr} is not set")
-    for meth in ("quantizer", "compile", "golden_tolerance", "device_toolchain", "bundle_notes", "report_notes",
+    for meth in ("complete_target", "quantizer", "compile", "golden_tolerance", "device_toolchain", "bundle_notes", "report_notes",
                  "check_bundle_engine", "bench", "check_target", "dynamic_batch", "float_precision"):
         want = [p.name for p in inspect.signature(getattr(Engine, meth)).parameters.values()]
         got = [p.name for p in inspect.signature(getattr(engine_cls, meth)).parameters.values()]

@@ -7,7 +7,6 @@ every later stage: one input named "input" (normalized float32 NCHW), one output
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import warnings
@@ -18,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import onnx
 
+from pipeline.backends import base
 from pipeline.errors import UserError
+from pipeline.hashing import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -105,11 +106,6 @@ def io_shapes(model: onnx.ModelProto) -> dict[str, dict[str, tuple[int | str, ..
         "inputs": {v.name: _dims(v) for v in model.graph.input if v.name not in inits},
         "outputs": {v.name: _dims(v) for v in model.graph.output},
     }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_calibration(calib: np.ndarray, input_shape: Sequence[int | str]) -> np.ndarray:
@@ -233,7 +229,7 @@ def export_onnx(model: "torch.nn.Module", example: "torch.Tensor", out_path: Pat
         "n_nodes": len(slim.graph.node),
         "op_types": dict(sorted(Counter(n.op_type for n in slim.graph.node).items())),
         "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": sha256_file(out_path),
         "max_abs_diff_vs_torch": float(np.abs(got - reference.numpy()).max()),
     }
 
@@ -326,7 +322,7 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
 
 
 # ---------------------------------------------------------------- run
-class Runner:
+class Runner(base.Runner):
     """An ONNX Runtime CPU session over one model; input normalized float32 NCHW, output logits."""
 
     layout = "NCHW"
@@ -390,3 +386,65 @@ class Runner:
                             f"pass a multiple of {self._fixed_batch} images")
         out = [self.run_raw(x[i:i + step]) for i in range(0, len(x), step)]
         return np.concatenate(out).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------- the engine
+def onnx_quantizer(job: base.QuantizeJob, build, proxy_method: str, symmetric: bool, note: str) -> base.Quantizer:
+    """A Quantizer for engines whose INT8 artifact is made from the float ONNX (ONNX Runtime, TensorRT):
+    references and held-out outputs from ONNX Runtime, the sensitivity proxy from its quantize_static.
+    `build(onnx_in, float_layers)` writes job.dest."""
+    t = job.target
+    reference = Runner(job.onnx_source, threads=t.threads).run(job.held_x)
+    onnx_in = job.onnx_source
+    if job.prepared is not None or (job.dynamic_batch and job.to_quantize is not None):
+        onnx_in = job.tmp / "to-quantize.onnx"
+        export_onnx(job.to_quantize, job.example, onnx_in, dynamic_batch=job.dynamic_batch)
+    elif job.dynamic_batch and isinstance(io_shapes(load_onnx(job.onnx_source))["inputs"][INPUT_NAME][0], int):
+        raise UserError(f"target '{t.name}' asks for a dynamic batch (max_batch > 1), but {job.model_name} has a "
+                        "fixed batch dim", "re-export the ONNX with a dynamic batch axis, or set max_batch = 1")
+
+    def logits(path: Path) -> np.ndarray:
+        return Runner(path, threads=t.threads).run(job.held_x)
+
+    def proxy(float_layers: Sequence[str]) -> np.ndarray:
+        quantize_int8(onnx_in, job.calib, job.tmp / "sensitivity.onnx", method=proxy_method,
+                      exclude_nodes=float_layers, activation_symmetric=symmetric, per_channel=job.per_channel)
+        return logits(job.tmp / "sensitivity.onnx")
+
+    from pipeline.compress.sensitivity import onnx_layers
+    return base.Quantizer(onnx_layers(onnx_in), reference, lambda float_layers: build(onnx_in, float_layers),
+                          logits, proxy, note, job.prepared)
+
+
+class OnnxRuntime(base.Engine):
+    """ONNX Runtime on the CPU: INT8 QDQ ONNX from quantize_static; FP32 and INT8 shipped, `auto` picks."""
+
+    name = "onnxruntime"
+    install_hint = "pip install -r requirements.txt (onnxruntime)"
+    int8_file = "model.int8.onnx"
+    Runner = Runner
+    host_runtime = "onnxruntime"
+    runtime_packages = ("onnxruntime",)
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return available()
+
+    def quantizer(self, job: base.QuantizeJob) -> base.Quantizer:
+        def build(onnx_in: Path, float_layers: Sequence[str]) -> dict:
+            return quantize_int8(onnx_in, job.calib, job.dest, method=job.method, exclude_nodes=float_layers,
+                                 per_channel=job.per_channel)
+        return onnx_quantizer(job, build, job.method, False,
+                              "the target's own quantizer (onnxruntime quantize_static, exclude_nodes)")
+
+    def compile(self, job: base.CompileJob) -> dict:
+        import shutil
+        t = job.target
+        shutil.copyfile(job.int8, job.out / self.int8_file)
+        shutil.copyfile(job.float_onnx, job.out / "model.fp32.onnx")
+        candidates = {"int8": self.int8_file, "fp32": "model.fp32.onnx"}
+        return base.choice_metrics(self, t, "ONNX", candidates, *job.choose(self, candidates))
+
+    def bench(self, tdir: Path, manifest: dict, warmup: int, runs: int, threads: int) -> dict:
+        from pipeline.device import cpu_bench
+        return cpu_bench(self, tdir, manifest, warmup, runs, threads)

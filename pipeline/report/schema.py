@@ -126,10 +126,8 @@ def target_summary(t, compile_metrics: dict, quant_metrics: dict, deliverable: d
     if engine != "built":
         notes.append(f"{t.backend} engine: to be built on device; accuracy and latency shown are host figures "
                      f"of the host-runnable form ({deliverable['name'] if deliverable else 'none'})")
-        if t.backend == "tensorrt":
-            notes.append("the QDQ ONNX's host latency is ONNX Runtime CPU executing unfused Q/DQ (and fp16) nodes: "
-                         "it checks INT8 numerics, it says nothing about TensorRT speed; run `python -m pipeline "
-                         "bench` on the device")
+    from pipeline import backends
+    notes += backends.get(t.backend).report_notes(t, compile_metrics, deliverable)
     if compile_metrics.get("selection", {}).get("reason"):
         notes.append(f"precision auto chose {compile_metrics['precision']}: {compile_metrics['selection']['reason']}")
     for p in compile_metrics.get("compat_problems", []):

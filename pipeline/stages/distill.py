@@ -19,10 +19,10 @@ class DistillStage(Stage):
     name = "distill"
     inputs = ("load", "prune")
 
+    config_sections = ("distill",)
+
     def config_slice(self, ctx: Context) -> dict:
-        # device and feature_cache_mb change speed (and float rounding), not what is trained
-        return {**ctx.config.distill.model_dump(exclude={"checkpoint_every", "device", "feature_cache_mb"}),
-                "seed": ctx.config.seed}
+        return {**self.sections(ctx), "seed": ctx.config.seed}
 
     def resume_path(self, ctx: Context) -> Path:
         return ctx.run_dir / ".resume" / f"distill-{self.fingerprint(ctx)[:16]}.pt"

@@ -26,10 +26,10 @@ class EvaluateStage(Stage):
     def __init__(self, inputs: list[str]):
         self.inputs = tuple(inputs)
 
+    config_sections = ("evaluate",)
+
     def config_slice(self, ctx: Context) -> dict:
-        e = ctx.config.evaluate
-        return {"test_limit": e.test_limit, "warmup": e.warmup, "runs": e.runs,
-                "threads": {t.name: t.threads for t in ctx.targets}}
+        return {**self.sections(ctx), "threads": {t.name: t.threads for t in ctx.targets}}
 
     def run(self, ctx: Context, out: Path) -> dict:
         ds, e = ctx.data, ctx.config.evaluate

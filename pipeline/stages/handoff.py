@@ -49,20 +49,6 @@ preprocessed) and the host outputs (`y`); a device build should agree within the
 `manifest.json` ("golden").
 {backend_notes}"""
 
-TRT_NOTES = """
-## Building the TensorRT engine ON the device
-TensorRT engines are specific to the GPU and TensorRT version that built them, so the engine is built
-on the {device} itself (expected: TensorRT {trt}, JetPack {jetpack}):
-
-    ./build_engine.sh                      # trtexec: builds model.plan, prints timings
-    python3 build_engine.py --onnx {onnx} --golden golden.npz --report device_report.json
-
-`build_engine.py` needs only TensorRT, numpy and (for timing) cuda-python or torch; it builds the
-engine, checks its outputs against golden.npz and writes a device report with p50/p90/p99 latency.
-The figures in the host report for this target are host figures of the QDQ ONNX in ONNX Runtime.
-"""
-
-
 def tensor_entry(meta: dict | None, name: str, shape: list[int], layout: str | None) -> dict:
     """How to feed / read one model tensor, from the engine's own description where it has one."""
     meta = meta or {}
@@ -121,18 +107,11 @@ class HandoffStage(Stage):
             for f in comp["deliverables"]:
                 shutil.copyfile(ctx.artifact(comp_name, f), tdir / f)
             art = deliverable(rows, t.name, comp)
-            runner_backend = art["backend"]
-            runner = backends.require(runner_backend).Runner(ctx.run_dir / art["file"], threads=t.threads)
+            engine = backends.get(t.backend)
+            runner = backends.require(art["backend"]).Runner(ctx.run_dir / art["file"], threads=t.threads)
             y = runner.run(x)
             np.savez(tdir / "golden.npz", x=x, y=y, labels=ds.y_test[:GOLDEN_SAMPLES])
-            out_meta = quant["engine_meta"].get("output") or {}
-            int8_out, out_scale = out_meta.get("dtype") == "int8", out_meta.get("scale")
-            tol = {"max_abs": float(2 * out_scale) if (int8_out and out_scale) else
-                   (0.25 if t.backend == "tensorrt" else 1e-3),
-                   "min_argmax_agreement": 0.9 if t.backend == "tensorrt" else 1.0,
-                   "why": ("device INT8 kernels (TensorRT) differ from the ONNX Runtime host proxy; "
-                           "compare argmax and a loose logit tolerance" if t.backend == "tensorrt"
-                           else "same engine on the device; small kernel differences across CPUs")}
+            tol = engine.golden_tolerance(t, quant["engine_meta"].get("output") or {}).as_dict()
             meta = quant["engine_meta"]
             files = {p.name: sha256_file(p) for p in sorted(tdir.iterdir())}
             manifest = {
@@ -153,16 +132,12 @@ class HandoffStage(Stage):
                 "seed": ctx.config.seed, "accuracy_host": art["accuracy"], "test_samples": test_samples,
                 "golden": {"file": "golden.npz", "samples": GOLDEN_SAMPLES, "produced_by": art["name"], **tol},
                 "toolchain": lock,
-                "device_toolchain": ({"tensorrt": t.tensorrt.version, "jetpack": t.tensorrt.jetpack}
-                                     if t.tensorrt else None),
+                "device_toolchain": engine.device_toolchain(t),
                 "engine": comp.get("engine", {}).get("status", "built"),
                 "files": files,
             }
             write_json(tdir / "manifest.json", manifest)
-            notes = ""
-            if t.backend == "tensorrt":
-                notes = TRT_NOTES.format(device=t.device.name, trt=t.tensorrt.version, jetpack=t.tensorrt.jetpack,
-                                         onnx=comp["deliverables"][0])
+            notes = engine.bundle_notes(t, comp)
             q_in, q_out = manifest["input"]["quantization"], manifest["output"]["quantization"]
             (tdir / "README.md").write_text(README.format(
                 model=load["model"], device=t.device.name, target=t.name, version=__version__,

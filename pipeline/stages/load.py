@@ -50,16 +50,18 @@ def onnx_param_count(path: Path) -> int:
 class LoadStage(Stage):
     name = "load"
 
+    config_sections = ("load",)
+
     def config_slice(self, ctx: Context) -> dict:
         spec = ctx.model_spec()
         c = ctx.config
         return {
-            "model": spec.label, "kind": spec.kind,
+            **self.sections(ctx), "model": spec.label, "kind": spec.kind,
             "model_sha256": sha256_file(spec.path),
             "weights_sha256": sha256_file(spec.weights) if spec.weights else None,
             "data": ctx.data.fingerprint(), "input_shape": c.input_shape, "mean": list(ctx.data.mean),
-            "std": list(ctx.data.std), "latency_runs": c.load.latency_runs, "seed": c.seed,
-            "test_limit": c.evaluate.test_limit,
+            "std": list(ctx.data.std), "seed": c.seed,
+            "test_limit": c.evaluate.test_limit,     # the teacher's accuracy is measured on these test samples
         }
 
     def run(self, ctx: Context, out: Path) -> dict:

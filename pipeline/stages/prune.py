@@ -21,8 +21,10 @@ class PruneStage(Stage):
     name = "prune"
     inputs = ("load",)
 
+    config_sections = ("prune",)
+
     def config_slice(self, ctx: Context) -> dict:
-        c = {**ctx.config.prune.model_dump(), "round_to": round_to(ctx), "seed": ctx.config.seed}
+        c = {**self.sections(ctx), "round_to": round_to(ctx), "seed": ctx.config.seed}
         if ctx.config.prune.iterative_steps > 1:
             d = ctx.config.distill
             c["step_kd"] = {"batch_size": d.batch_size, "temperature": d.temperature, "alpha": d.alpha}

@@ -1,4 +1,4 @@
-"""pipeline/backends/tensorrt.py on a host without TensorRT: the clear "not here" errors, the static
+"""pipeline/backends/tensorrt/ on a host without TensorRT: the clear "not here" errors, the static
 compatibility check on hand-built graphs that break each rule, modelopt QDQ quantization (run in
 ONNX Runtime as the host proxy) of a small CNN trained in the fixture, and the device bundle scripts."""
 from __future__ import annotations
@@ -123,7 +123,8 @@ def test_check_compat_opset_and_versions(tmp_path):
     m = qdq_conv(tmp_path / "o21.onnx", opset=21)
     assert rules(trt_backend.check_compat(m, "10.3")) == {("opset", "")}
     assert trt_backend.check_compat(m, "10.15") == []
-    for bad in ("8.6", "11.0", "latest"):
+    assert trt_backend.check_compat(m, "11.1") == []          # TensorRT 11: strongly typed, same parser table
+    for bad in ("8.6", "12.0", "latest"):
         with pytest.raises(UserError, match="TensorRT"):
             trt_backend.check_compat(m, bad)
 
@@ -243,7 +244,7 @@ def test_build_and_run_say_tensorrt_is_missing(tmp_path):
     assert "device" in e.value.fix
     assert not (tmp_path / "m.plan").exists()
     with pytest.raises(UserError, match="TensorRT"):
-        trt_backend.EngineRunner(tmp_path / "m.plan")
+        trt_backend.Runner(tmp_path / "m.plan")
 
 
 # ---------------------------------------------------------------- device bundle
@@ -255,14 +256,18 @@ def test_build_and_run_say_tensorrt_is_missing(tmp_path):
     {"min_opt_max_batch": [1, 8, 32], "fp16_fallback": False, "max_batch": 32},
 ])
 def test_build_script_is_valid_and_standalone(tmp_path, opts):
+    import shutil
     files = trt_backend.build_script("model.int8.qdq.onnx", "model.plan", opts)
-    assert set(files) == {"build_engine.sh", "build_engine.py"}
+    assert set(files) == {"build_engine.sh", "build_engine.json"}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    sh, py = files["build_engine.sh"], files["build_engine.py"]
+    for name, src in trt_backend.device_files().items():     # the device half ships as real files, copied
+        shutil.copyfile(src, tmp_path / name)
+    sh, py = files["build_engine.sh"], (tmp_path / "build_engine.py").read_text()
     assert subprocess.run(["bash", "-n", str(tmp_path / "build_engine.sh")]).returncode == 0
     assert subprocess.run([sys.executable, "-m", "py_compile", str(tmp_path / "build_engine.py")]).returncode == 0
-    for flag in ("--onnx=model.int8.qdq.onnx", "--saveEngine=model.plan", "--int8", "--timingCacheFile=timing.cache",
+    for flag in ("--onnx=model.int8.qdq.onnx", "--saveEngine=model.plan", 'PRECISION="--int8',
+                 "--timingCacheFile=timing.cache",
                  f"--memPoolSize=workspace:{opts.get('workspace_mb', 1024)}M", "--dumpLayerInfo",
                  "--exportLayerInfo=layer_info.json", "--separateProfileRun", "--avgRuns=", "--warmUp="):
         assert flag in sh
@@ -273,7 +278,7 @@ def test_build_script_is_valid_and_standalone(tmp_path, opts):
                                      "--maxShapes=input:32x1x28x28"))
     else:
         assert "Shapes=" not in sh
-    assert "import pipeline" not in py and "from pipeline" not in py
+    assert "import pipeline" not in py.replace("from pipeline.bundle.devicekit", "").replace("from pipeline.hashing", "")
     # -I: isolated mode (no PYTHONPATH, no cwd on sys.path): the script cannot reach this package
     help_run = subprocess.run([sys.executable, "-I", "build_engine.py", "--help"], cwd=tmp_path, capture_output=True,
                               text=True)
@@ -285,19 +290,21 @@ def test_build_script_is_valid_and_standalone(tmp_path, opts):
 
 def test_layer_precision_from_engine_inspector_json():
     """Format/Datatype strings as TensorRT's IEngineInspector writes them (TensorRT docs and reports)."""
+    from pipeline.bundle import build_engine as be
     def layer(fmt: str) -> dict:
         return {"Name": "l", "LayerType": "CaskConvolution", "Outputs": [{"Name": "o", "Format/Datatype": fmt}]}
-    assert trt_backend._precision(layer("Thirty-two wide channel vectorized row major Int8 format.")) == "int8"
-    assert trt_backend._precision(layer("Channel major FP16 format where channel % 8 == 0")) == "fp16"
-    assert trt_backend._precision(layer("Half")) == "fp16"
-    assert trt_backend._precision(layer("Row major linear FP32")) == "fp32"
-    assert trt_backend._precision(layer("Float")) == "fp32"
-    assert trt_backend._precision({"Outputs": [{"Datatype": "BFloat16", "Format": "Row major linear"}]}) == "bf16"
-    assert trt_backend._precision({"Name": "shape-only", "Outputs": []}) == "none"
+    assert be._precision(layer("Thirty-two wide channel vectorized row major Int8 format.")) == "int8"
+    assert be._precision(layer("Channel major FP16 format where channel % 8 == 0")) == "fp16"
+    assert be._precision(layer("Half")) == "fp16"
+    assert be._precision(layer("Row major linear FP32")) == "fp32"
+    assert be._precision(layer("Float")) == "fp32"
+    assert be._precision({"Outputs": [{"Datatype": "BFloat16", "Format": "Row major linear"}]}) == "bf16"
+    assert be._precision({"Name": "shape-only", "Outputs": []}) == "none"
 
 
 def test_latency_stats():
-    stats = trt_backend.latency_stats([float(v) for v in range(1, 101)])
+    from pipeline.bundle.devicekit import latency_stats
+    stats = latency_stats([float(v) for v in range(1, 101)])
     assert stats["n"] == 100 and stats["p50"] == 50.5 and stats["min"] == 1.0 and stats["max"] == 100.0
     assert stats["p90"] == pytest.approx(90.1) and stats["p99"] == pytest.approx(99.01)
 
@@ -329,6 +336,6 @@ def test_max_batch_gives_a_dynamic_batch_qdq_and_a_batch_profile(run_cli, small_
     sh = (out / "compile-gpu" / "build_engine.sh").read_text()
     assert all(f in sh for f in ("--minShapes=input:1x1x28x28", "--optShapes=input:32x1x28x28",
                                  "--maxShapes=input:32x1x28x28"))
-    assert "'min_opt_max_batch': [1, 32, 32]" in (out / "compile-gpu" / "build_engine.py").read_text()
+    assert json.loads((out / "compile-gpu" / "build_engine.json").read_text())["min_opt_max_batch"] == [1, 32, 32]
     x = np.zeros((5, 1, 28, 28), np.float32)
     assert ort_backend.Runner(qdq, threads=1).run(x).shape == (5, 10)

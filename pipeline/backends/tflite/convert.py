@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
+from pipeline.hashing import sha256_file
 
 LAYOUTS = ("NHWC", "NCHW")
 IO_DTYPES = ("int8", "float32")
@@ -41,20 +41,6 @@ CALIB_BATCH = 64
 METADATA_NAME = "edge_compress"  # metadata entry of our .tflite files: JSON with the input layout
 INSTALL_FIX = "pip install -r requirements.txt (ai-edge-litert, litert-torch)"
 _ACT_EPS = 2 ** -12  # the smallest activation scale litert-torch's own config allows
-
-
-def available() -> tuple[bool, str]:
-    """(True, "") if a TFLite interpreter (ai-edge-litert, else tflite-runtime) imports, else (False, why)."""
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401
-        return True, ""
-    except ImportError as e:
-        litert_error = f"ai_edge_litert: {e}"
-    try:
-        import tflite_runtime.interpreter  # noqa: F401
-        return True, ""
-    except ImportError as e:
-        return False, f"{litert_error}; tflite_runtime: {e}"
 
 
 def convert_float(model: torch.nn.Module, example: torch.Tensor, out_path: Path, layout: str = "NHWC") -> dict:
@@ -128,61 +114,6 @@ def convert_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarra
         "float_layers": float_layers,
     }
     return meta | _describe(Path(out_path)) | {"convert_s": round(time.perf_counter() - t0, 2)}
-
-
-class Runner:
-    """Runs a .tflite on the LiteRT CPU interpreter (XNNPACK delegate) with torch-side NCHW input."""
-
-    def __init__(self, path: Path, threads: int = 2):
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"TFLite model {path} not found", "run the compile stage first, or pass an existing .tflite")
-        interpreter_class, layout_from_file = _interpreter_class()
-        try:
-            self._interpreter = interpreter_class(model_path=str(path), num_threads=threads)
-            self._interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise UserError(f"cannot load TFLite model {path}: {e}", "re-create it with the compile stage (--force)") from None
-        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][0] != 1:
-            raise UserError(f"{path}: expected one batch-1 4-D image input and one output, found inputs "
-                            f"{[list(d['shape']) for d in inputs]} and {len(outputs)} outputs",
-                            "convert a single-input classifier at batch 1")
-        self._in, self._out = inputs[0], outputs[0]
-        shape = tuple(int(d) for d in self._in["shape"])
-        self.layout: str = layout_from_file(path) or _guess_layout(shape)
-        self.input_shape: tuple = shape if self.layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
-        self.io_dtype: str = np.dtype(self._in["dtype"]).name
-
-    def prepare(self, x: np.ndarray) -> np.ndarray:
-        """Float32 NCHW batch -> the model's input tensors: NHWC if the model wants it, quantized if int8."""
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1:] != self.input_shape[1:] or len(x) == 0:
-            raise UserError(f"input batch has shape {x.shape}, the model takes (N, {', '.join(map(str, self.input_shape[1:]))})",
-                            "pass normalized float32 NCHW images of the model's input size")
-        if self.layout == "NHWC":
-            x = x.transpose(0, 2, 3, 1)
-        dtype = np.dtype(self._in["dtype"])
-        if dtype.kind in "iu":
-            scale, zero_point = self._in["quantization"]
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
-        return np.ascontiguousarray(x)
-
-    def run_raw(self, x: np.ndarray) -> np.ndarray:
-        """One invoke on one prepared batch-1 input; returns the raw output tensor (int8 stays int8)."""
-        self._interpreter.set_tensor(self._in["index"], x)
-        self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._out["index"])
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Float32 NCHW batch (N >= 1) -> float32 outputs (N, ...), dequantized if the output is integer."""
-        prepared = self.prepare(x)
-        raw = np.concatenate([self.run_raw(prepared[i:i + 1]) for i in range(len(prepared))])
-        if np.dtype(self._out["dtype"]).kind in "iu":
-            scale, zero_point = self._out["quantization"]
-            return ((raw.astype(np.float32) - zero_point) * scale).astype(np.float32)
-        return raw.astype(np.float32)
 
 
 # --- conversion helpers ---------------------------------------------------------------------------
@@ -418,7 +349,7 @@ def _describe(path: Path) -> dict:
         "ops_float": sum(float_ops.values()),
         "float_ops": dict(sorted(float_ops.items())),
         "size_bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": sha256_file(path),
         "converter": f"litert-torch {_version('litert-torch')}",
         "versions": {p: _version(p) for p in ("litert-torch", "ai-edge-litert", "torch", "torchao")},
     }
@@ -437,37 +368,3 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
-
-# --- runtime helpers ------------------------------------------------------------------------------
-
-def _interpreter_class() -> tuple[type, Callable[[Path], str | None]]:
-    """The interpreter class and a reader of our layout metadata (ai-edge-litert; tflite-runtime as fallback)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-        return Interpreter, _layout_from_metadata
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
-    except ImportError:
-        raise UserError("no TFLite interpreter here (neither ai-edge-litert nor tflite-runtime imports)", INSTALL_FIX) from None
-    return Interpreter, lambda path: None  # tflite-runtime ships no flatbuffer schema to read metadata with
-
-
-def _layout_from_metadata(path: Path) -> str | None:
-    """The layout recorded in our metadata entry, or None for a .tflite we did not write."""
-    from ai_edge_litert import schema_py_generated as fb
-
-    data = path.read_bytes()
-    model = fb.Model.GetRootAs(data, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name() == METADATA_NAME.encode():
-            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())["layout"]
-    return None
-
-
-def _guess_layout(shape: tuple[int, ...]) -> str:
-    """Layout of a foreign 4-D input: channels are the smaller of dims 1 and 3 (TFLite's NHWC on a tie)."""
-    return "NCHW" if shape[1] < shape[3] else "NHWC"

@@ -1,0 +1,101 @@
+"""What a device needs to check and time a deliverable and write a device report: standard library and
+numpy only. Shipped verbatim in hand-off bundles (next to hashing.py), and used by `python -m pipeline
+bench`, so the device and the build host compute the same figures with the same code."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from pipeline.hashing import sha256_file
+except ImportError:          # inside a hand-off bundle: hashing.py sits next to this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hashing import sha256_file
+
+REPORT_VERSION = 1
+
+
+def latency_stats(times_ms: list[float]) -> dict:
+    """p50/p90/p99/mean/min/max of a list of latencies in ms."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    return {"n": int(t.size), "p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90)),
+            "p99": float(np.percentile(t, 99)), "mean": float(t.mean()), "min": float(t.min()), "max": float(t.max())}
+
+
+def device_name(gpu: bool) -> dict:
+    """{"name", "source"} of this machine: the device tree (Jetson, Raspberry Pi); for GPU work nvidia-smi
+    or torch.cuda; otherwise the CPU model in /proc/cpuinfo. name and source are None when nothing tells."""
+    tree = Path("/proc/device-tree/model")
+    if tree.is_file():
+        name = tree.read_bytes().rstrip(b"\x00").decode(errors="replace").strip()
+        if name:
+            return {"name": name, "source": str(tree)}
+    if gpu:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=30, check=False)
+            names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+            if out.returncode == 0 and names:
+                return {"name": names[0], "source": "nvidia-smi"}
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        try:
+            import torch
+            if torch.cuda.is_available():
+                return {"name": torch.cuda.get_device_name(0), "source": "torch.cuda"}
+        except ImportError:
+            pass
+        return {"name": None, "source": None}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model") and value.strip():
+                return {"name": value.strip(), "source": "/proc/cpuinfo"}
+    except OSError:
+        pass
+    return {"name": None, "source": None}
+
+
+def device_report(written_by: str, artifact: str | Path, runtime: dict, gpu: bool) -> dict:
+    """A device report (schema: pipeline/report/schema.py) holding what is known before any work: who
+    wrote it, the target (from the manifest.json beside the artifact), this device, the runtime, and the
+    artifact's sha256 beside the one its manifest lists. The caller fills in engine, build,
+    layer_precisions, check and latency_ms (None until measured), or error."""
+    from datetime import datetime, timezone
+
+    artifact = Path(artifact)
+    manifest_path = artifact.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    listed = manifest.get("files", {}).get(artifact.name)
+    sha = sha256_file(artifact) if artifact.is_file() else None
+    return {"device_report_version": REPORT_VERSION, "written_by": written_by,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "target": manifest.get("target"), "backend": manifest.get("backend"),
+            "device": device_name(gpu), "runtime": runtime,
+            "tensorrt": runtime["version"] if gpu else None,     # a GPU report comes from a TensorRT engine
+            "artifact": {"file": artifact.name, "sha256": sha, "manifest_sha256": listed,
+                         "matches_manifest": None if listed is None or sha is None else listed == sha},
+            "engine": None, "build": None, "layer_precisions": None, "check": None, "latency_ms": None}
+
+
+def golden_check(out: np.ndarray, y: np.ndarray, labels: np.ndarray | None, atol: float, rtol: float,
+                 min_top1_agreement: float) -> dict:
+    """Outputs `out` for the golden inputs against the expected outputs `y` (and the labels, when given)."""
+    y = np.asarray(y, dtype=np.float32)
+    err = np.abs(out - y)
+    agreement = float((out.argmax(1) == y.argmax(1)).mean())
+    within = bool(np.all(err <= atol + rtol * np.abs(y)))
+    return {"n": int(len(y)), "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
+            "atol": atol, "rtol": rtol, "within_tolerance": within,
+            "top1_agreement": agreement, "min_top1_agreement": min_top1_agreement,
+            "accuracy_on_golden": None if labels is None else float((out.argmax(1) == labels).mean()),
+            "passed": within and agreement >= min_top1_agreement}
+
+
+def device_latency(times_ms: list[float], warmup: int, batch: int, what: str) -> dict:
+    """The device report's latency_ms: p50/p90/p99/mean/min/max of the timed runs, measured where="device"."""
+    return {**latency_stats(times_ms), "warmup": warmup, "batch": batch, "where": "device", "what": what}
