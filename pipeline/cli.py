@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the stages for one or more targets")
     r.add_argument("--target", default="jetson", help="name(s) in targets/ or a .toml path; comma-separated")
+    r.add_argument("--task", default=None, help="classification (default) | regression | FILE.py:NAME (a Task plug-in)")
     r.add_argument("--model", default="default", help="default | FILE.py:FACTORY | MODEL.pt2 | MODEL.onnx")
     r.add_argument("--weights", help="state_dict for FILE.py:FACTORY (loaded with weights_only=True)")
     r.add_argument("--data", default=None, help="fashion-mnist (default) | FILE.npz | DIR")
@@ -118,7 +119,7 @@ def cmd_run(a) -> int:
     from pipeline.runner import run_pipeline
 
     targets = load_targets(a.target)
-    cfg = build_run_config(a.config, {"model": a.model, "weights": a.weights, "data": a.data,
+    cfg = build_run_config(a.config, {"task": a.task, "model": a.model, "weights": a.weights, "data": a.data,
                                       "input_shape": a.input_shape, "mean": a.mean, "std": a.std,
                                       "trust_model": a.trust_model or None}, a.set)
     run_dir = Path(a.out) if a.out else default_run_dir(cfg.model, targets)
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(e.line(), file=sys.stderr)
-        return 2
+        return e.exit_code
     except OSError as e:
         if debug or e.errno not in OS_USER_ERRORS:
             raise

@@ -65,7 +65,6 @@ class Target(Strict):
     description: str = ""
     backend: str = Field(description="an engine of pipeline/backends (python -m pipeline targets lists them)")
     precision: Literal["int8", "fp16", "fp32", "auto"] = "int8"
-    input_shape: Optional[list[int]] = None
     round_to: int = Field(8, ge=1)
     threads: int = Field(2, ge=1)
     io_dtype: Literal["float32", "int8"] = "float32"
@@ -111,6 +110,9 @@ def load_target(spec: str) -> Target:
             raise UserError(f"unknown target '{spec}'",
                             f"use one of {', '.join(available_targets())} or a path to a .toml profile")
     data = _toml(path)
+    if "input_shape" in data:
+        raise UserError(f"{path.name} sets input_shape: a target describes a device, not a model",
+                        "remove it; shapes come from the data (or --input-shape where the data cannot tell)")
     data.setdefault("name", path.stem)
     try:
         t = Target(**data)
@@ -219,6 +221,7 @@ class EvaluateConfig(Strict):
 
 class RunConfig(Strict):
     seed: int = 0
+    task: str = Field("classification", description="classification | regression | FILE.py:NAME (a Task plug-in)")
     model: str = "default"
     weights: Optional[str] = None
     data: str = "fashion-mnist"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import backends
-from pipeline.bundle.devicekit import REPORT_VERSION, device_latency, device_report, golden_check
+from pipeline.bundle.devicekit import REPORT_VERSION, device_latency, device_report, golden_check, golden_inputs
 from pipeline.errors import UserError
 from pipeline.latency import measure
 from pipeline.report import render, schema
@@ -72,12 +72,12 @@ def cpu_bench(engine, tdir: Path, manifest: dict, warmup: int, runs: int, thread
                                                   "threads": threads}, gpu=False)
     runner = engine.Runner(artifact, threads=threads)
     with np.load(tdir / manifest["golden"]["file"]) as g:
-        x, y, labels = g["x"].astype(np.float32), g["y"], (g["labels"] if "labels" in g.files else None)
+        x, y, labels = golden_inputs(g), g["y"], (g["labels"] if "labels" in g.files else None)
     gold = manifest["golden"]
     report["check"] = golden_check(runner.run(x), y, labels, gold["max_abs"], 0.0, gold["min_argmax_agreement"])
-    xb = runner.prepare(x[:1])
+    xb = runner.prepare(x)
     lat = measure(lambda: runner.run_raw(xb), warmup=warmup, runs=runs, threads=threads)
-    report["latency_ms"] = device_latency(lat["samples_ms"], warmup, len(xb),
+    report["latency_ms"] = device_latency(lat["samples_ms"], warmup, 1,
                                           CPU_WHAT.format(runtime=engine.name, threads=threads))
     return report
 

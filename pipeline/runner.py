@@ -25,6 +25,18 @@ from pipeline.errors import UserError
 from pipeline.hashing import sha256_file, sha256_json
 
 STAGE_RECORD = "stage.json"
+
+
+class StageFailed(UserError):
+    """A stage failed on something that is not a known user error: one line naming the stage, exit 1."""
+
+    exit_code = 1
+
+    def __init__(self, stage: str, err: BaseException):
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        super().__init__(f"stage {stage} failed: {err.__class__.__name__}: {first}",
+                         "nothing was marked done; run again with --debug for the traceback, and report it "
+                         "if the model and data are as intended")
 log = logging.getLogger("pipeline")
 
 
@@ -73,6 +85,7 @@ class Context:
     data_loader: Callable[[], Any]
     _data: Any = None
     statuses: dict[str, str] = field(default_factory=dict)
+    _task: Any = None
 
     @property
     def data(self):
@@ -96,6 +109,18 @@ class Context:
         return p
 
     # What several stages read the same way (a stage never imports another stage).
+    @property
+    def task(self):
+        """The run's task (pipeline/tasks): its metrics, loss and checks."""
+        if self._task is None:
+            from pipeline import tasks
+            self._task = tasks.resolve(self.config.task, self.config.trust_model)
+        return self._task
+
+    def example(self):
+        """One normalized test sample (Inputs): the trace/export example of every stage."""
+        return self.data.normalize(self.data.x_test[:1])
+
     def model_spec(self):
         from pipeline import models
         c = self.config
@@ -108,22 +133,19 @@ class Context:
         return models.load_model(spec, self.artifact(stage, "model.pt" if spec.trainable else "model.pt2")).eval()
 
     def input_shape(self) -> list[int]:
-        """(1, C, H, W): from --input-shape, else the targets, else the data; they must agree."""
+        """(1, ...) of the first input: from --input-shape, else the data; they must agree."""
         data_shape = [1, *self.data.input_shape]
         shape = self.config.input_shape or data_shape
         if list(shape) != data_shape:
             raise UserError(f"input shape {shape} does not match the data's images {data_shape}",
                             "drop --input-shape or pass data of that shape")
-        for t in self.targets:
-            if t.input_shape and list(t.input_shape) != list(shape):
-                raise UserError(f"target '{t.name}' expects input {t.input_shape} but the model gets {list(shape)}",
-                                "fix input_shape in the target profile or pass matching --data")
         return list(shape)
 
     def calibration_set(self):
         """The run's verified calibration set (as stored), its manifest and the manifest's path."""
         from pipeline.compress import calibration
-        return calibration.resolve(self.config.quantize.calibration, self.data, self.config.seed, self.input_shape())
+        return calibration.resolve(self.config.quantize.calibration, self.data, self.config.seed, self.input_shape(),
+                                   scratch=self.run_dir / "calibration")
 
 
 class Stage:
@@ -177,9 +199,16 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> dict:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         metrics = stage.run(ctx, tmp)
-    except BaseException:
+    except UserError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        e.problem = e.problem if e.problem.startswith("stage ") else f"stage {stage.name}: {e.problem}"
+        raise
+    except (KeyboardInterrupt, SystemExit, OSError):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    except Exception as e:   # noqa: BLE001 -- any other failure: one line naming the stage (--debug: traceback)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StageFailed(stage.name, e) from e
     outputs = {str(p.relative_to(tmp)): sha256_file(p)
                for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != STAGE_RECORD}
     rec = {
@@ -268,7 +297,7 @@ def run_pipeline(run_dir: Path, config: RunConfig, targets: list[Target], until:
     from pipeline.data import resolve_data
     from pipeline.stages import ORDER, kind, plan
 
-    ctx = Context(run_dir, config, targets, lambda: resolve_data(config.data, config.mean, config.std))
+    ctx = Context(run_dir, config, targets, lambda: resolve_data(config.data, config.mean, config.std, ctx.task))
     spec = ctx.model_spec()
     if until and until not in ORDER:
         raise UserError(f"--until {until}: no such stage", f"use one of {', '.join(ORDER)}")

@@ -36,6 +36,7 @@ import numpy as np
 from pipeline import backends
 from pipeline.errors import UserError
 from pipeline.latency import measure
+from pipeline.bundle.devicekit import golden_inputs
 from pipeline.hashing import sha256_file
 
 MANIFEST = "manifest.json"
@@ -199,7 +200,7 @@ def check_outputs(tdir: Path, manifest: dict, res: TargetResult, threads: int, r
     try:
         runner = backends.get(runtime).Runner(tdir / manifest["deliverable"], threads=threads)
         with np.load(tdir / gold["file"]) as g:
-            x, y = g["x"], g["y"]
+            x, y = golden_inputs(g), g["y"]
         out = runner.run(x)
     except (UserError, KeyError, ValueError) as e:
         res.outputs = "FAILED: could not run"
@@ -210,7 +211,7 @@ def check_outputs(tdir: Path, manifest: dict, res: TargetResult, threads: int, r
     res.outputs = f"{'OK' if ok else 'FAILED'}{proxy}: {what}"
     if not ok:
         res.failures.append(f"outputs of {manifest['deliverable']} differ from golden.npz beyond the tolerances")
-    xb = runner.prepare(x[:1])
+    xb = runner.prepare(x)
     lat = measure(lambda: runner.run_raw(xb), warmup=min(20, runs), runs=runs, threads=threads)
     res.latency = f"p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms (this machine, {runtime}, {threads} threads, {runs} runs)"
 

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 try:
-    from pipeline.bundle.devicekit import device_latency, device_report, golden_check
+    from pipeline.bundle.devicekit import device_latency, device_report, golden_check, golden_inputs
     from pipeline.hashing import sha256_file
 except ImportError:          # inside a hand-off bundle: the kit sits next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from devicekit import device_latency, device_report, golden_check
+    from devicekit import device_latency, device_report, golden_check, golden_inputs
     from hashing import sha256_file
 
 DEFAULTS_FILE = "build_engine.json"
@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         report["engine"] = {"file": Path(args.plan).name, "sha256": sha256_file(args.plan), "built_here": not args.skip_build}
         report["layer_precisions"] = dict(Counter(layer["precision"] for layer in _engine_layers(tensorrt, runner.engine)))
         golden = np.load(args.golden)
-        x = golden["x"].astype(np.float32)
+        x = golden_inputs(golden)
         report["check"] = golden_check(runner.run(x), golden["y"], golden["labels"] if "labels" in golden.files else None,
                                        args.atol, args.rtol, args.min_top1_agreement)
         batch = x[:1] if runner.dynamic else x[:runner.max_batch]      # the engine's batch; 1 if dynamic

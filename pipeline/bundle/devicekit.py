@@ -99,3 +99,10 @@ def golden_check(out: np.ndarray, y: np.ndarray, labels: np.ndarray | None, atol
 def device_latency(times_ms: list[float], warmup: int, batch: int, what: str) -> dict:
     """The device report's latency_ms: p50/p90/p99/mean/min/max of the timed runs, measured where="device"."""
     return {**latency_stats(times_ms), "warmup": warmup, "batch": batch, "where": "device", "what": what}
+
+
+def golden_inputs(golden) -> "np.ndarray | dict[str, np.ndarray]":
+    """The inputs of an opened golden.npz: `x` (one input) or {name: array} from `x__<name>` arrays."""
+    if "x" in golden.files:
+        return golden["x"].astype(np.float32) if golden["x"].dtype.kind == "f" else golden["x"]
+    return {k[3:]: golden[k] for k in golden.files if k.startswith("x__")}

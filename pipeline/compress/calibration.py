@@ -1,4 +1,4 @@
-"""Calibration sets: `calibration/<name>.npy` (the images as stored, NCHW) + `<name>.json` manifest.
+"""Calibration sets: `<name>.npy` (one input, as stored) or `<name>.npz` (one array per named input) + `<name>.json`.
 
 The manifest records the source data's fingerprint, the training-split indices, the seed, shape,
 dtype and the sha256 of the .npy file. `load` verifies all of it before a set is used.
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import CALIBRATION_DIR, ROOT
+from pipeline.data.inputs import Inputs
 from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
 
@@ -48,68 +49,99 @@ def build(ds, size: int, seed: int, name: str | None = None, out_dir: Path = CAL
     if size > len(ds.x_train):
         raise UserError(f"calibration size {size} exceeds the {len(ds.x_train)} training samples", "ask for fewer")
     name = name or f"{ds.name}-{size}"
-    idx = stratified_indices(ds.y_train, size, seed)
-    x = np.ascontiguousarray(ds.x_train[idx])
+    labels = ds.y_train.dtype.kind in "iu" and ds.y_train.ndim == 1
+    idx = (stratified_indices(ds.y_train, size, seed) if labels else
+           np.sort(np.random.default_rng(seed).choice(len(ds.x_train), size, replace=False)))
+    x = ds.x_train[idx]
     out_dir.mkdir(parents=True, exist_ok=True)
-    npy, man = out_dir / f"{name}.npy", out_dir / f"{name}.json"
+    single = x.positional
+    data, man = out_dir / (f"{name}.npy" if single else f"{name}.npz"), out_dir / f"{name}.json"
     buf = io.BytesIO()
-    np.save(buf, x, allow_pickle=False)
-    npy.write_bytes(buf.getvalue())
-    counts = np.bincount(ds.y_train[idx], minlength=ds.num_classes)
+    if single:
+        np.save(buf, np.ascontiguousarray(x.single), allow_pickle=False)
+    else:
+        np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in x.items()})
+    data.write_bytes(buf.getvalue())
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "name": name,
         "source": {"data": ds.name, "fingerprint": ds.fingerprint(), "split": "train"},
-        "seed": seed, "size": int(len(idx)), "stratified": True,
-        "class_counts": counts.tolist(),
+        "seed": seed, "size": int(len(idx)), "stratified": bool(labels),
+        "class_counts": np.bincount(ds.y_train[idx], minlength=ds.num_classes).tolist() if labels else None,
         "indices": idx.tolist(),
-        "shape": list(x.shape), "dtype": str(x.dtype),
-        "file": npy.name, "sha256": sha256_file(npy),
+        "shape": list(x.single.shape) if single else None, "dtype": str(x.single.dtype) if single else None,
+        "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in x.items()},
+        "file": data.name, "sha256": sha256_file(data),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     man.write_text(json.dumps(manifest, indent=1) + "\n")
     return man
 
 
-def load(name_or_path: str, ds=None, input_shape: list[int] | None = None) -> tuple[np.ndarray, dict]:
-    """The verified set (as stored) and its manifest; any mismatch is one clear UserError."""
+def load(name_or_path: str, ds=None, input_shape: list[int] | None = None) -> tuple[Inputs, dict]:
+    """The verified set (as stored, as Inputs) and its manifest; any mismatch is one clear UserError."""
     npy, man = set_paths(name_or_path)
     fix = f"rebuild it: python -m pipeline calibrate --name {npy.stem}" + (" --data ..." if ds is None else "")
     if not man.exists():
         raise UserError(f"calibration set '{name_or_path}' not found (no {man.name} in {man.parent})", fix)
     try:
         manifest = json.loads(man.read_text())
-        expected_sha, shape, dtype = manifest["sha256"], manifest["shape"], manifest["dtype"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        expected_sha = manifest["sha256"]
+        data = man.parent / Path(manifest.get("file") or npy.name).name
+        inputs = manifest.get("inputs") or {"input": {"shape": manifest["shape"], "dtype": manifest["dtype"]}}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"calibration manifest {man.name} is unreadable ({e.__class__.__name__})", fix) from None
-    if not npy.exists():
-        raise UserError(f"calibration file {npy.name} is missing", fix)
-    if sha256_file(npy) != expected_sha:
-        raise UserError(f"calibration file {npy.name} does not match its manifest's sha256 (truncated or changed)", fix)
+    if not data.exists():
+        raise UserError(f"calibration file {data.name} is missing", fix)
+    if sha256_file(data) != expected_sha:
+        raise UserError(f"calibration file {data.name} does not match its manifest's sha256 (truncated or changed)", fix)
     try:
-        x = np.load(npy, allow_pickle=False)
+        if data.suffix == ".npz":
+            with np.load(data, allow_pickle=False) as z:
+                x = Inputs({k: z[k] for k in z.files})
+        else:
+            x = Inputs.of(np.load(data, allow_pickle=False))
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"calibration file {npy.name} is not a readable .npy ({e.__class__.__name__})", fix) from None
-    if list(x.shape) != list(shape) or str(x.dtype) != dtype:
-        raise UserError(f"calibration file {npy.name} holds {list(x.shape)} {x.dtype}, manifest says {shape} {dtype}", fix)
-    if x.ndim != 4 or len(x) == 0:
-        raise UserError(f"calibration set {npy.stem} is empty or not NCHW images (shape {list(x.shape)})", fix)
-    if input_shape is not None and list(x.shape[1:]) != list(input_shape[1:]):
-        raise UserError(f"calibration set {npy.stem} has images {list(x.shape[1:])}, the model takes {list(input_shape[1:])}",
-                        fix)
+        raise UserError(f"calibration file {data.name} is not readable ({e.__class__.__name__})", fix) from None
+    if sorted(x.names) != sorted(inputs) and not (x.positional and len(inputs) == 1):
+        raise UserError(f"calibration file {data.name} holds inputs {x.names}, its manifest says {sorted(inputs)}", fix)
+    for (k, v), want in zip(x.items(), inputs.values()):
+        if list(v.shape) != list(want["shape"]) or str(v.dtype) != want["dtype"]:
+            raise UserError(f"calibration file {data.name} holds {list(v.shape)} {v.dtype}, manifest says "
+                            f"{want['shape']} {want['dtype']}", fix)
+    if len(x) == 0:
+        raise UserError(f"calibration set {data.stem} is empty", fix)
+    if ds is not None:
+        want = ds.x_train.shapes()
+        got = dict(zip(ds.x_train.names, x.shapes().values())) if x.positional else x.shapes()
+        if got != want:
+            raise UserError(f"calibration set {data.stem} has inputs {got}, the model takes {want}", fix)
+    elif input_shape is not None and x.positional and list(x.single.shape[1:]) != list(input_shape[1:]):
+        raise UserError(f"calibration set {data.stem} has images {list(x.single.shape[1:])}, the model takes "
+                        f"{list(input_shape[1:])}", fix)
     if ds is not None and manifest["source"].get("fingerprint") != ds.fingerprint():
-        raise UserError(f"calibration set {npy.stem} was drawn from '{manifest['source'].get('data')}', not this run's data '{ds.name}'",
+        raise UserError(f"calibration set {data.stem} was drawn from '{manifest['source'].get('data')}', not this run's data '{ds.name}'",
                         f"build one from this data: python -m pipeline calibrate --data {ds.source or ds.name}")
+    if ds is not None and x.positional and not ds.x_train.positional:
+        x = Inputs({ds.x_train.names[0]: x.single})
     return x, manifest
 
 
-def resolve(spec: str, ds, seed: int, input_shape: list[int]) -> tuple[np.ndarray, dict, Path]:
-    """`auto`: the data's 512-sample set, built on first use. Otherwise the named set, verified."""
+def resolve(spec: str, ds, seed: int, input_shape: list[int], scratch: Path | None = None) -> tuple[Inputs, dict, Path]:
+    """`auto`: the data's committed 512-sample set under calibration/ if there is one, else one built on first
+    use in `scratch` (the run folder's calibration/; the repository's when no scratch is given). Otherwise
+    the named set, verified."""
     if spec == "auto":
         name = f"{ds.name}-512"
-        npy, man = set_paths(name)
+        _, man = set_paths(name)
         if not man.exists():
-            build(ds, min(512, len(ds.x_train)), seed, name)
-        spec = name
+            where = scratch or CALIBRATION_DIR
+            spec = str(where / name)
+            if not (where / f"{name}.json").exists():
+                build(ds, min(512, len(ds.x_train)), seed, name, out_dir=where)
+        else:
+            spec = name
     x, manifest = load(spec, ds, input_shape)
     return x, manifest, set_paths(spec)[1]

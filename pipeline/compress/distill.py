@@ -36,16 +36,16 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.errors import UserError
+from pipeline.models import as_args
 from pipeline.compress.accuracy import torch_accuracy
 from pipeline.runner import Progress, log
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
             temperature: float, alpha: float) -> torch.Tensor:
-    t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
-                    reduction="batchmean", log_target=True) * (t * t)
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+    """The classification task's distillation loss (soft-target KL + hard-label CE)."""
+    from pipeline.tasks.classification import Classification
+    return Classification().distill_loss(student_logits, teacher_logits, labels, temperature, alpha)
 
 
 def split_train_val(n: int, val_fraction: float, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +96,7 @@ def auto_feature_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
                for n, m in model.named_modules() if n]
     try:
         with torch.no_grad():
-            model.eval()(example)
+            model.eval()(*as_args(example))
     finally:
         for h in handles:
             h.remove()
@@ -153,8 +153,8 @@ class Distillee(nn.Module):
         self.adapters = nn.ModuleDict({n.replace(".", "/"): adapters[n] for n in names})
         self.tap = FeatureTap(student, names)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        logits = self.student(x)
+    def forward(self, *x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        logits = self.student(*x)
         return logits, [self.adapters[n.replace(".", "/")](self.tap.out.pop(n)) for n in self.names]
 
 
@@ -173,7 +173,7 @@ def teacher_outputs(teacher: nn.Module, x: np.ndarray, ds, device: torch.device,
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in cached}
     try:
         for i in range(0, len(x), bs):
-            logits.append(teacher(torch.from_numpy(ds.normalize(x[i:i + bs])).to(device)).cpu())
+            logits.append(ds.normalize(x[i:i + bs]).call(teacher, device).cpu())
             for n in feats:
                 feats[n].append(tap.out[n].half().cpu())
             prog.update(min(i + bs, len(x)))
@@ -182,19 +182,22 @@ def teacher_outputs(teacher: nn.Module, x: np.ndarray, ds, device: torch.device,
     return torch.cat(logits), [torch.cat(feats[n]) for n in feats]
 
 
-def distill(teacher: nn.Module, student: nn.Module, example: torch.Tensor, ds, cfg, seed: int, device: torch.device,
-        ckpt: Path) -> tuple[dict, dict] | None:
+def distill(teacher: nn.Module, student: nn.Module, example, ds, cfg, seed: int, device: torch.device,
+            ckpt: Path, task=None) -> tuple[dict, dict] | None:
     """Train `student` from `teacher` on `ds`'s training split (see the module docstring).
 
     `ckpt` is the resume checkpoint (read if present, written every `cfg.checkpoint_every` steps).
     Returns (state, feature shapes) on rank 0, where state holds the best state_dict, history and
     curves; None on other ranks."""
+    if task is None:
+        from pipeline.tasks import resolve
+        task = resolve("classification")
     names = feature_layers(cfg, teacher, example) if cfg.feature_layers else []
     adapters, feat_shapes = {}, {}
     if names:
         t_tap, s_tap = FeatureTap(teacher, names), FeatureTap(student, names)
         with torch.no_grad():
-            teacher(example), student.eval()(example)
+            teacher(*as_args(example)), student.eval()(*as_args(example))
         t_tap.remove(), s_tap.remove()
         for n in names:
             adapters[n] = make_adapter(n, s_tap.out[n].shape, t_tap.out[n].shape)
@@ -209,7 +212,7 @@ def distill(teacher: nn.Module, student: nn.Module, example: torch.Tensor, ds, c
     teacher.to(device)
 
     tr_idx, val_idx = split_train_val(len(ds.x_train), cfg.val_fraction, cfg.train_limit, seed)
-    x_tr = torch.from_numpy(ds.normalize(ds.x_train[tr_idx]))
+    x_tr = ds.normalize(ds.x_train[tr_idx]).torch()
     y_tr = torch.from_numpy(ds.y_train[tr_idx])
     feat_bytes = len(tr_idx) * sum(math.prod(feat_shapes[n]["teacher"]) for n in names) * 2
     cache_features = bool(names) and feat_bytes <= cfg.feature_cache_mb * 2**20
@@ -236,7 +239,7 @@ def distill(teacher: nn.Module, student: nn.Module, example: torch.Tensor, ds, c
     net: nn.Module = wrapped
     if distributed.active():
         net = nn.parallel.DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
-    state = {"step": 0, "best_val": -1.0, "best_state": None, "bad_epochs": 0, "history": [], "losses": [],
+    state = {"step": 0, "best_val": None, "best_state": None, "bad_epochs": 0, "history": [], "losses": [],
              "feature_losses": [], "train_s": 0.0}
     if ckpt.exists():
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -249,6 +252,15 @@ def distill(teacher: nn.Module, student: nn.Module, example: torch.Tensor, ds, c
 
     def cpu_state(module: nn.Module) -> dict:
         return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+    if state["step"] == 0 and len(val_idx):
+        # The student as it comes in is a candidate too: training never ships something worse than it
+        # (when pruning removed little, a short distillation can only lose).
+        start = distributed.broadcast(torch_accuracy(student, ds, x_val, y_val, device=device, task=task)
+                                      if rank == 0 else float("nan"))
+        state["initial_val"], state["best_val"] = start, start
+        state["best_state"] = distributed.broadcast(cpu_state(student))
+        log.info("[distill] before training: val %s %.4f", task.primary.name, start)
 
     def save_resume() -> None:
         if rank != 0:
@@ -272,15 +284,15 @@ def distill(teacher: nn.Module, student: nn.Module, example: torch.Tensor, ds, c
             if state["step"] >= total:
                 break
             b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
-            xb, yb = x_tr[b].to(device, non_blocking=True), y_tr[b].to(device)
-            logits, s_feats = net(xb)
-            loss = kd_loss(logits, t_logits[b].to(device), yb, cfg.temperature, cfg.alpha)
+            xb, yb = tuple(t[b].to(device, non_blocking=True) for t in x_tr), y_tr[b].to(device)
+            logits, s_feats = net(*xb)
+            loss = task.distill_loss(logits, t_logits[b].to(device), yb, cfg.temperature, cfg.alpha)
             if names:
                 if cache_features:
                     tf = [f[b].to(device) for f in t_feats]
                 else:
                     with torch.no_grad():
-                        teacher(xb)
+                        teacher(*xb)
                     tf = [t_live.out.pop(n) for n in names]
                 f_loss = feature_loss(s_feats, tf)
                 loss = loss + cfg.feature_weight * f_loss
@@ -293,9 +305,9 @@ def distill(teacher: nn.Module, student: nn.Module, example: torch.Tensor, ds, c
             state["losses"].append(round(float(loss.detach()), 5))
             if prog:
                 seen += len(b)
-                correct += int((logits.detach().argmax(1) == yb).sum())
+                correct += len(b) * task.score(logits.detach().float().cpu().numpy(), yb.cpu().numpy())
                 prog.update(state["step"], epoch=f"{epoch + 1}/{math.ceil(cfg.epochs)}", loss=state["losses"][-1],
-                            train_acc=correct / seen, lr=sched.get_last_lr()[0])
+                            **{f"train_{task.primary.name}": correct / seen}, lr=sched.get_last_lr()[0])
             if state["step"] % cfg.checkpoint_every == 0:
                 save_resume()
         if device.type == "cuda":
@@ -303,11 +315,13 @@ def distill(teacher: nn.Module, student: nn.Module, example: torch.Tensor, ds, c
         state["train_s"] += time.perf_counter() - t_epoch
         if state["step"] % steps_per_epoch == 0 or state["step"] >= total:
             val_acc = distributed.broadcast(
-                torch_accuracy(student, ds, x_val, y_val, device=device) if len(val_idx) and rank == 0 else float("nan"))
+                torch_accuracy(student, ds, x_val, y_val, device=device, task=task) if len(val_idx) and rank == 0
+                else float("nan"))
             state["history"].append({"epoch": epoch + 1, "step": state["step"], "val_accuracy": val_acc,
                                      "train_loss": float(np.mean(state["losses"][-steps_per_epoch:]))})
-            log.info("[distill] epoch %d: val accuracy %.4f", epoch + 1, val_acc)
-            if not len(val_idx) or val_acc > state["best_val"]:
+            log.info("[distill] epoch %d: val %s %.4f", epoch + 1, task.primary.name, val_acc)
+            better = state["best_val"] is None or task.primary.worse_by(state["best_val"], val_acc) < 0
+            if not len(val_idx) or better:
                 state["best_val"], state["bad_epochs"] = val_acc, 0
                 state["best_state"] = distributed.broadcast(cpu_state(student))
             else:

@@ -54,7 +54,7 @@ def traced_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.MultiheadAttention))]
     try:
         with torch.no_grad():
-            model(example)
+            model(*models.as_args(example))
     finally:
         for h in hooks:
             h.remove()
@@ -73,7 +73,11 @@ def protected_layers(model: nn.Module, example: torch.Tensor, cfg: PruneConfig) 
     if not order:
         raise UserError("the model has no Conv/Linear layers that forward calls", "there is nothing to prune")
     auto = order[-1:] + (order[:1] if cfg.ignore_stem else [])
-    return sorted(set(auto) | set(cfg.ignore))
+    rnn, coupled = recurrent_coupled(model, example)
+    if rnn:
+        log.info("[prune] recurrent layers %s are not pruned (nor the layers coupled to them: %s): torch-pruning "
+                 "cannot prune them safely", ", ".join(rnn), ", ".join(coupled) or "none")
+    return sorted(set(auto) | set(cfg.ignore) | set(rnn) | set(coupled))
 
 
 def importance(criterion: str):
@@ -87,12 +91,32 @@ def importance(criterion: str):
     }[criterion]()
 
 
+QKV_NAMES = (("q", "k", "v"), ("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
+
+
+def _heads(m: nn.Module) -> Optional[int]:
+    h = getattr(m, "num_heads", getattr(m, "num_attention_heads", None))
+    return h if isinstance(h, int) and not isinstance(h, bool) else None
+
+
+def _qkv(m: nn.Module) -> list[nn.Linear]:
+    """The query/key/value projections of an attention module (one fused `qkv`, or three separate)."""
+    if isinstance(getattr(m, "qkv", None), nn.Linear):
+        return [m.qkv]
+    for names in QKV_NAMES:
+        layers = [getattr(m, n, None) for n in names]
+        if all(isinstance(x, nn.Linear) for x in layers):
+            return layers
+    return []
+
+
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """The `qkv` Linear of timm-style attention (modules with an integer `num_heads`): torch-pruning
-    prunes it head by head. nn.MultiheadAttention is left out: torch-pruning's own pruner for it shrinks
-    the embedding only when it is not declared here (see `attention_round_to`)."""
-    return {m.qkv: m.num_heads for m in model.modules()
-            if isinstance(getattr(m, "num_heads", None), int) and isinstance(getattr(m, "qkv", None), nn.Linear)}
+    """The query/key/value Linears of attention modules that carry an integer head count (`num_heads`, or
+    `num_attention_heads` as in Hugging Face BERT): torch-pruning prunes them head by head (the width per
+    head shrinks, the head count stays). nn.MultiheadAttention is left out: torch-pruning's own pruner for
+    it shrinks the embedding only when it is not declared here (see `attention_round_to`)."""
+    return {lin: _heads(m) for m in model.modules() if _heads(m) and not isinstance(m, nn.MultiheadAttention)
+            for lin in _qkv(m)}
 
 
 def attention_round_to(model: nn.Module, round_to: int) -> int:
@@ -105,11 +129,39 @@ def attention_round_to(model: nn.Module, round_to: int) -> int:
 
 
 def sync_attention(model: nn.Module) -> None:
-    """After pruning, set `head_dim` of timm-style attention modules from their pruned qkv layer."""
+    """After pruning, set the per-head width attributes of attention modules from their pruned projections
+    (`head_dim`; Hugging Face's `attention_head_size` and `all_head_size`)."""
     for m in model.modules():
-        if isinstance(getattr(m, "num_heads", None), int) and isinstance(getattr(m, "qkv", None), nn.Linear) \
-                and isinstance(getattr(m, "head_dim", None), int):
-            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+        heads, proj = _heads(m), _qkv(m)
+        if not heads or not proj or isinstance(m, nn.MultiheadAttention):
+            continue
+        width = proj[0].out_features // (3 if len(proj) == 1 else 1)
+        for attr, value in (("head_dim", width // heads), ("attention_head_size", width // heads),
+                            ("all_head_size", width)):
+            if isinstance(getattr(m, attr, None), int):
+                setattr(m, attr, value)
+
+
+def recurrent_coupled(model: nn.Module, example) -> tuple[list[str], list[str]]:
+    """Recurrent layers (LSTM, GRU, RNN) and every layer whose channels are coupled to them: left unpruned.
+    torch-pruning's recurrent pruner handles only some single-layer cases and fails or corrupts the rest, so
+    they are skipped, and the rest of the model is pruned. Returns (recurrent layer names, coupled names)."""
+    rnn = [n for n, m in model.named_modules() if isinstance(m, nn.RNNBase)]
+    if not rnn:
+        return [], []
+    import torch_pruning as tp
+    names = {m: n for n, m in model.named_modules()}
+    rnn_mods = {model.get_submodule(n) for n in rnn}
+    coupled: set[str] = set()
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=models.as_args(example))
+        for group in dg.get_all_groups():
+            mods = {dep.target.module for dep, _ in group}
+            if mods & rnn_mods:
+                coupled |= {names[m] for m in mods if m in names and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    except Exception:  # noqa: BLE001 -- no graph: leave every conv/linear that feeds or reads them as is
+        coupled = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    return rnn, sorted(coupled)
 
 
 def layer_channels(model: nn.Module) -> dict[str, int]:
@@ -146,7 +198,7 @@ def failing_layer(model: nn.Module, example: torch.Tensor) -> tuple[Optional[str
             hooks.append(m.register_forward_hook(lambda m, i, o, n=n: done(n)))
     try:
         with torch.no_grad():
-            model(example)
+            model(*models.as_args(example))
         return None, None
     except Exception as e:  # noqa: BLE001 -- any failure of the pruned model is reported with its layer
         mods = dict(model.named_modules())
@@ -167,7 +219,7 @@ def check_pruned(original: nn.Module, pruned: nn.Module, example: torch.Tensor) 
                         "(torch-pruning could not follow how that layer's channels are used)",
                         f"exclude it with --set 'prune.ignore=[\"{layer or 'layer.name'}\"]'")
     with torch.no_grad():
-        y_o, y_p = original(example), pruned(example)
+        y_o, y_p = original(*models.as_args(example)), pruned(*models.as_args(example))
     if y_o.shape != y_p.shape:
         last = traced_layers(original, example)[-1:]
         raise UserError(f"pruning changed the output shape {list(y_o.shape)} -> {list(y_p.shape)}",
@@ -183,7 +235,7 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Set
     ignored_mods = [m.get_submodule(n) for n in setup.ignored]
     try:
         pruner = tp.pruner.MetaPruner(
-            m, example, importance=importance(setup.criterion), pruning_ratio=ratio,
+            m, models.as_args(example), importance=importance(setup.criterion), pruning_ratio=ratio,
             global_pruning=setup.global_pruning, max_pruning_ratio=setup.max_layer_ratio,
             ignored_layers=ignored_mods, round_to=attention_round_to(m, setup.round_to),
             num_heads=attention_heads(m))
@@ -193,7 +245,7 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Set
                                 "pass training batches, or use --set prune.criterion=l2")
             m.zero_grad()
             for xb, yb in setup.calibration:
-                nn.functional.cross_entropy(m(xb), yb).backward()
+                nn.functional.cross_entropy(m(*models.as_args(xb)), yb).backward()
         pruner.step()
     except UserError:
         raise
@@ -209,13 +261,13 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Set
     return m.eval()
 
 
-def onnx_latency_ms(model: nn.Module, example: torch.Tensor, threads: int, runs: int) -> dict:
+def onnx_latency_ms(model: nn.Module, example, threads: int, runs: int) -> dict:
     """Export to ONNX and time it in ONNX Runtime FP32 (p50 ms and the run facts)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "candidate.onnx"
         ort_backend.export_onnx(model, example, path)
         runner = ort_backend.Runner(path, threads=threads)
-        xb = runner.prepare(example.numpy())
+        xb = runner.prepare(models.as_inputs(example))
         lat = measure(lambda: runner.run_raw(xb), warmup=10, runs=runs, threads=threads)
     return {"p50_ms": lat["p50_ms"], "p50_ci95_ms": lat["p50_ci95_ms"], "runs": runs, "threads": threads}
 
@@ -281,7 +333,7 @@ def search(model: nn.Module, example: torch.Tensor, budget: Budget, setup: Setup
 
 
 def short_kd(student: nn.Module, teacher: nn.Module, data: Batches, temperature: float, alpha: float,
-             lr: float) -> list[float]:
+             lr: float, loss_fn=None) -> list[float]:
     """A few hundred batches of KD (SGD, cosine decay) from the unpruned model; returns the losses."""
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, len(data)))
@@ -289,8 +341,8 @@ def short_kd(student: nn.Module, teacher: nn.Module, data: Batches, temperature:
     student.train()
     for xb, yb in data:
         with torch.no_grad():
-            t = teacher(xb)
-        loss = kd_loss(student(xb), t, yb, temperature, alpha)
+            t = teacher(*models.as_args(xb))
+        loss = (loss_fn or kd_loss)(student(*models.as_args(xb)), t, yb, temperature, alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -309,6 +361,7 @@ class KDSettings:
     temperature: float = 4.0
     alpha: float = 0.7
     lr: float = 0.01
+    loss_fn: Optional[Callable] = None          # the task's distillation loss (default: classification KD)
 
 
 def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, setup: Setup,
@@ -382,7 +435,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, s
                 current, trials = search(current, example, budget, setup)
                 step.update({"goal": budget.goal, "search": trials})
         if kd is not None and k < steps and kd.batches:
-            step["kd_losses"] = short_kd(current, model, kd.batches, kd.temperature, kd.alpha, kd.lr)
+            step["kd_losses"] = short_kd(current, model, kd.batches, kd.temperature, kd.alpha, kd.lr, kd.loss_fn)
         step.update({"macs": models.count_macs(current, example), "params": models.count_params(current)})
         record["steps"].append(step)
         log.info("[prune] step %d/%d: MACs %.3f, params %.3f of the unpruned", k, steps,
@@ -406,7 +459,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, s
 def calibration_batches(ds, seed: int, n: int, batch: int) -> Batches:
     """`n` random training samples, normalized, in batches of `batch` (seeded)."""
     idx = np.random.default_rng(seed).choice(len(ds.x_train), size=min(n, len(ds.x_train)), replace=False)
-    return [(torch.from_numpy(ds.normalize(ds.x_train[idx[i:i + batch]])), torch.from_numpy(ds.y_train[idx[i:i + batch]]))
+    return [(ds.normalize(ds.x_train[idx[i:i + batch]]).torch(), torch.from_numpy(ds.y_train[idx[i:i + batch]]))
             for i in range(0, len(idx), batch)]
 
 

@@ -26,9 +26,9 @@ Quantized = Callable[[Sequence[str]], np.ndarray]
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Normalized held-out training images, their labels and their training-split indices."""
+    """Normalized held-out training inputs, their targets and their training-split indices."""
 
-    x: np.ndarray
+    x: "Inputs"
     y: np.ndarray
     indices: np.ndarray
 
@@ -43,50 +43,59 @@ def held_out(ds, exclude: Sequence[int], size: int, seed: int) -> HeldOut:
     return HeldOut(ds.normalize(ds.x_train[idx]), ds.y_train[idx], idx)
 
 
-def score(logits: np.ndarray, reference: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy, agreement of the top-1 class with the float model, and the relative output error
-    ||logits - reference||^2 / ||reference||^2."""
+def _task(task):
+    if task is None:
+        from pipeline.tasks import resolve
+        return resolve("classification")
+    return task
+
+
+def score(logits: np.ndarray, reference: np.ndarray, y: np.ndarray, task=None) -> dict[str, float]:
+    """The task's primary metric ("accuracy" here, whatever the metric), the task's agreement with the
+    float model, and the relative output error ||logits - reference||^2 / ||reference||^2."""
+    task = _task(task)
     err = float(np.sum((logits - reference) ** 2) / max(float(np.sum(reference ** 2)), 1e-12))
-    return {"accuracy": float(np.mean(logits.argmax(1) == y)),
-            "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+    return {"accuracy": task.score(logits, y), "top1_agreement": task.agreement(logits, reference),
             "output_error": err}
 
 
 def rank(layers: Sequence[str], quantized: Quantized, reference: np.ndarray, y: np.ndarray,
-         progress: Callable[[int], None] | None = None) -> dict:
+         progress: Callable[[int], None] | None = None, task=None) -> dict:
     """Sensitivity of every layer: the INT8 model's score with only that layer left in float.
 
     `gain` is how much the relative output error falls when the layer stays float (the all-INT8
     error minus this one); the ranking is by gain, largest (most sensitive) first.
     """
-    base = score(quantized(()), reference, y)
-    ref_acc = float(np.mean(reference.argmax(1) == y))
+    task = _task(task)
+    base = score(quantized(()), reference, y, task)
+    ref_acc = task.score(reference, y)
     rows = []
     for i, layer in enumerate(layers):
-        s = score(quantized((layer,)), reference, y)
-        rows.append({"layer": layer, **s, "accuracy_drop": ref_acc - s["accuracy"],
+        s = score(quantized((layer,)), reference, y, task)
+        rows.append({"layer": layer, **s, "accuracy_drop": task.primary.worse_by(ref_acc, s["accuracy"]),
                      "gain": base["output_error"] - s["output_error"]})
         if progress:
             progress(i + 1)
     rows.sort(key=lambda r: (-r["gain"], -r["accuracy"]))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
-    return {"float_accuracy": ref_acc, "all_int8": {**base, "accuracy_drop": ref_acc - base["accuracy"]},
+    return {"float_accuracy": ref_acc, "all_int8": {**base, "accuracy_drop": task.primary.worse_by(ref_acc, base["accuracy"])},
             "ranking": rows}
 
 
 def fallback(order: Sequence[str], quantized: Quantized, reference: np.ndarray, y: np.ndarray,
-             budget: float, max_float_layers: int, all_int8: dict[str, float] | None = None) -> dict:
+             budget: float, max_float_layers: int, all_int8: dict[str, float] | None = None, task=None) -> dict:
     """Greedy fallback: add layers from `order` (most sensitive first) to the float set until the
     accuracy drop vs `reference` is <= `budget`. `all_int8`: the `score` of the all-INT8 model if
     already measured (saves one build). The last `quantized` call is the chosen set, so the artifact
     it wrote is the one to ship. Returns the steps taken and whether the budget was met."""
-    ref_acc = float(np.mean(reference.argmax(1) == y))
+    task = _task(task)
+    ref_acc = task.score(reference, y)
     kept: list[str] = []
     steps = []
     while True:
-        s = all_int8 if all_int8 is not None and not kept else score(quantized(tuple(kept)), reference, y)
-        drop = ref_acc - s["accuracy"]
+        s = all_int8 if all_int8 is not None and not kept else score(quantized(tuple(kept)), reference, y, task)
+        drop = task.primary.worse_by(ref_acc, s["accuracy"])
         steps.append({"float_layers": list(kept), "accuracy": s["accuracy"], "accuracy_drop": drop,
                       "output_error": s["output_error"]})
         if drop <= budget or len(kept) >= min(max_float_layers, len(order)):

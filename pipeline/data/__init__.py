@@ -1,10 +1,11 @@
 """Resolve `--data` specs into arrays.
 
 Forms: `fashion-mnist` (the default; Debian's `dataset-fashion-mnist` package, or a folder named by
-$EDGE_COMPRESS_FASHION_MNIST holding the four idx .gz files), `FILE.npz` (x_train, y_train, x_test,
-y_test; NCHW float32 or uint8, int labels; optional `classes`, `mean`, `std`) and `DIR` (DIR/train/<class>/*.png
-and DIR/test/<class>/*.png).
-Images are kept as stored (uint8 or float32, NCHW); `normalize` turns a batch into model input.
+$EDGE_COMPRESS_FASHION_MNIST holding the four idx .gz files), `FILE.npz` (inputs `x_<split>` for one
+input or `<input>_<split>` per named input, e.g. input_ids_train + attention_mask_train; targets
+y_train, y_test as the task reads them; optional `classes`, `mean`, `std`) and `DIR`
+(DIR/train/<class>/*.png and DIR/test/<class>/*.png).
+Inputs are kept as stored (pipeline/data/inputs.py); `normalize` turns a batch into model input.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.inputs import InputSpec, Inputs, kind_of
 from pipeline.errors import UserError
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -29,10 +31,12 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 
 @dataclass
 class Dataset:
+    """Named inputs and targets of the train and test splits (as stored; `normalize` makes model input)."""
+
     name: str
-    x_train: np.ndarray
+    x_train: Inputs
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: Inputs
     y_test: np.ndarray
     classes: list[str]
     mean: tuple[float, ...]
@@ -40,9 +44,28 @@ class Dataset:
     source: str = ""
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.x_train, self.x_test = Inputs.of(self.x_train), Inputs.of(self.x_test)
+        if self.x_train.names != self.x_test.names:
+            raise UserError(f"{self.name}: train inputs {self.x_train.names} but test inputs {self.x_test.names}",
+                            "store the same inputs for both splits")
+        for k in self.x_train:
+            if self.x_train[k].shape[1:] != self.x_test[k].shape[1:]:
+                raise UserError(f"{self.name}: input '{k}' is {list(self.x_train[k].shape[1:])} per sample in train but "
+                                f"{list(self.x_test[k].shape[1:])} in test", "store both splits at the same shape")
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.x_train.names
+
+    @property
+    def specs(self) -> list[InputSpec]:
+        return [InputSpec(k, kind_of(v), str(v.dtype), tuple(int(d) for d in v.shape[1:])) for k, v in self.x_train.items()]
+
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.x_train.shape[1:])
+        """Per-sample shape of the first input (the only one of an image model)."""
+        return self.specs[0].shape
 
     @property
     def num_classes(self) -> int:
@@ -52,7 +75,9 @@ class Dataset:
         """sha256 over the arrays, mean, std and classes: identifies the data in stage fingerprints."""
         if "_arrays_hash" not in self.meta:  # arrays are never modified after loading: hash them once
             h = hashlib.sha256()
-            for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            for x in (self.x_train, self.x_test):
+                x.bytes_hash(h)
+            for a in (self.y_train, self.y_test):
                 h.update(str((a.dtype, a.shape)).encode())
                 h.update(np.ascontiguousarray(a).tobytes())
             self.meta["_arrays_hash"] = h
@@ -60,9 +85,21 @@ class Dataset:
         h.update(repr((self.mean, self.std, self.classes)).encode())
         return h.hexdigest()
 
-    def normalize(self, x: np.ndarray) -> np.ndarray:
-        """Stored images -> float32 model input: scale uint8 to 0..1, then (x - mean) / std."""
-        return normalize(x, self.mean, self.std)
+    def normalize(self, x):
+        """Stored inputs -> model input: images scaled (uint8 to 0..1) and (x - mean) / std, other floats as
+        float32, integer inputs as int64 (never normalized). Inputs in, Inputs out; an array in, an array out."""
+        if not isinstance(x, Inputs):
+            return normalize(x, self.mean, self.std)
+        out = {}
+        for k, v in x.items():
+            kind = kind_of(v)
+            out[k] = (normalize(v, self.mean, self.std) if kind == "image" else
+                      v.astype(np.int64) if kind == "int" else v.astype(np.float32))
+        return Inputs(out, x.positional)
+
+    def example(self):
+        """One normalized test sample as torch tensors (the export / trace example), in input order."""
+        return self.normalize(self.x_test[:1]).torch()
 
 
 def normalize(x: np.ndarray, mean, std) -> np.ndarray:
@@ -99,42 +136,59 @@ def load_fashion_mnist(root: str | None = None) -> Dataset:
                     "run `apt-get install dataset-fashion-mnist`, set EDGE_COMPRESS_FASHION_MNIST, or pass --data")
 
 
-def _check_arrays(name: str, x: np.ndarray, y: np.ndarray) -> None:
-    if x.ndim != 4:
-        raise UserError(f"{name}: images have shape {x.shape}, expected 4-D NCHW",
-                        "store images as (N, C, H, W) arrays")
-    if x.dtype not in (np.uint8, np.float32):
-        raise UserError(f"{name}: images are {x.dtype}", "store images as uint8 or float32")
-    if y.ndim != 1 or len(y) != len(x):
-        raise UserError(f"{name}: {len(y)} labels for {len(x)} images", "give one integer label per image")
-    if len(x) == 0:
-        raise UserError(f"{name}: no images", "the split needs at least one image")
+def _split_inputs(arrays: dict, split: str, where: str) -> Inputs:
+    """The inputs of one split: `x_<split>` (a single input), or every `<name>_<split>` array but y_<split>."""
+    if f"x_{split}" in arrays:
+        return Inputs({"input": arrays[f"x_{split}"]}, positional=True)
+    suffix = f"_{split}"
+    named = {k[: -len(suffix)]: v for k, v in arrays.items() if k.endswith(suffix) and k != f"y_{split}"}
+    if not named:
+        raise UserError(f"{where} has no inputs for the {split} split",
+                        f"store x_{split} (one input) or <input>_{split} arrays named after forward()'s parameters")
+    for k, v in named.items():
+        if v.ndim < 1 or len(v) == 0:
+            raise UserError(f"{where}: {k}_{split} has no samples", "store one row per sample")
+        kind_of(v)
+    return Inputs(named)
 
 
-def load_npz(path: Path) -> Dataset:
+def load_npz(path: Path, task=None) -> Dataset:
+    """An .npz of inputs (`x_<split>`, or `<input>_<split>` per named input) and targets `y_<split>`."""
+    path = Path(path)
+    from pipeline.tasks import resolve
+    task = task or resolve("classification")
     try:
         z = np.load(path, allow_pickle=False)
         arrays = {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 -- any unreadable file is the same user error
         raise UserError(f"cannot read data file {path}: {e.__class__.__name__}",
                         "pass an .npz written by numpy.savez with x_train, y_train, x_test, y_test") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    missing = [k for k in ("y_train", "y_test") if k not in arrays]
     if missing:
         raise UserError(f"data file {path} lacks {', '.join(missing)}",
-                        "save x_train, y_train, x_test, y_test with numpy.savez")
+                        "save the inputs (x_train or <input>_train, ...) and y_train, y_test with numpy.savez")
+    x = {split: _split_inputs(arrays, split, str(path)) for split in ("train", "test")}
+    y = {split: task.read_targets(arrays[f"y_{split}"], split, str(path)) for split in ("train", "test")}
     for split in ("train", "test"):
-        _check_arrays(f"{path}: {split}", arrays[f"x_{split}"], arrays[f"y_{split}"])
-    y_all = np.concatenate([arrays["y_train"], arrays["y_test"]]).astype(np.int64)
-    n_cls = int(y_all.max()) + 1
-    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else [str(i) for i in range(n_cls)]
-    if y_all.min() < 0 or n_cls > len(classes):
-        raise UserError(f"data file {path}: labels span 0..{n_cls - 1} but {len(classes)} classes are named",
-                        "labels must be 0..len(classes)-1")
-    c = arrays["x_train"].shape[1]
+        if len(y[split]) != len(x[split]):
+            raise UserError(f"{path}: {len(y[split])} targets for {len(x[split])} {split} samples",
+                            "give one target per sample")
+    classes: list[str] = []
+    if "classes" in arrays:
+        classes = [str(c) for c in arrays["classes"]]
+    elif y["train"].dtype.kind in "iu":
+        classes = [str(i) for i in range(int(max(y["train"].max(), y["test"].max())) + 1)]
+    if y["train"].dtype.kind in "iu" and classes:
+        top = int(max(y["train"].max(), y["test"].max()))
+        if top >= len(classes):
+            raise UserError(f"data file {path}: labels span 0..{top} but {len(classes)} classes are named",
+                            "labels must be 0..len(classes)-1")
+    images = [s for s in Dataset("probe", x["test"][:1], y["test"][:1], x["test"][:1], y["test"][:1], [], (), ()).specs
+              if s.kind == "image"]
+    c = images[0].shape[0] if images else 1
     mean = tuple(float(v) for v in arrays["mean"]) if "mean" in arrays else (0.5,) * c
     std = tuple(float(v) for v in arrays["std"]) if "std" in arrays else (0.5,) * c
-    return Dataset(path.stem, arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
-                   arrays["y_test"].astype(np.int64), classes, mean, std, source=str(path))
+    return Dataset(path.stem, x["train"], y["train"], x["test"], y["test"], classes, mean, std, source=str(path))
 
 
 def load_image_dir(root: Path) -> Dataset:
@@ -163,13 +217,13 @@ def load_image_dir(root: Path) -> Dataset:
     return Dataset(root.name, *splits["train"], *splits["test"], classes, (0.5,) * c, (0.5,) * c, source=str(root))
 
 
-def resolve_data(spec: str | None, mean=None, std=None) -> Dataset:
+def resolve_data(spec: str | None, mean=None, std=None, task=None) -> Dataset:
     if spec in (None, "", "fashion-mnist"):
         ds = load_fashion_mnist()
     else:
         p = Path(spec)
         if p.suffix == ".npz" and p.is_file():
-            ds = load_npz(p)
+            ds = load_npz(p, task)
         elif p.is_dir():
             ds = load_image_dir(p)
         elif not p.exists():

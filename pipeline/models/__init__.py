@@ -68,29 +68,46 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
             raise UserError(f"bad model spec '{spec}'", "write FILE.py:FACTORY, e.g. mymodel.py:build")
         if not p.is_file():
             raise UserError(f"model file not found: {file}", "check the path")
-        inside = p.resolve().is_relative_to(ROOT)
-        if not inside and not trust:
-            raise UserError(f"{file} is Python code from outside this repository",
-                            "pass --trust-model if you trust it (it will be executed)")
+        check_trusted(p, trust)
         return ModelSpec("factory", p, factory, Path(weights) if weights else None)
     raise UserError(f"cannot tell what model '{spec}' is",
                     "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx or 'default'")
 
 
-def _import_factory(spec: ModelSpec):
+def check_trusted(path: Path, trust: bool) -> None:
+    """Python code from outside this repository runs only with --trust-model."""
+    if not path.resolve().is_relative_to(ROOT) and not trust:
+        raise UserError(f"{path} is Python code from outside this repository",
+                        "pass --trust-model if you trust it (it will be executed)")
+
+
+def import_user_attr(path: Path, attr: str, trust: bool, what: str = "model file"):
+    """`attr` of the Python file `path` (imported once per process under a stable module name)."""
+    if path.suffix != ".py" or not attr.isidentifier():
+        raise UserError(f"bad {what} spec '{path}:{attr}'", "write FILE.py:NAME")
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}", "check the path")
+    check_trusted(path, trust)
     # A stable name: it reaches tensor names in exported graphs, so it must not vary per process.
-    name = f"_edge_compress_user_model_{hashlib.sha256(str(spec.path.resolve()).encode()).hexdigest()[:16]}"
+    name = f"_edge_compress_user_model_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}"
     mod = sys.modules.get(name)
     if mod is None:
-        ispec = importlib.util.spec_from_file_location(name, spec.path)
+        ispec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(ispec)
         try:
             ispec.loader.exec_module(mod)
         except Exception as e:  # noqa: BLE001 -- user code: any failure is the user's to fix
-            raise UserError(f"importing {spec.path} failed: {e.__class__.__name__}: {e}",
-                            "fix the model file (run it with python to see the traceback, or pass --debug)") from e
+            raise UserError(f"importing {path} failed: {e.__class__.__name__}: {e}",
+                            f"fix the {what} (run it with python to see the traceback, or pass --debug)") from e
         sys.modules[name] = mod
-    fn = getattr(mod, spec.factory, None)
+    obj = getattr(mod, attr, None)
+    if obj is None:
+        raise UserError(f"{path} has no '{attr}'", f"name a {what} attribute defined in it")
+    return obj
+
+
+def _import_factory(spec: ModelSpec):
+    fn = import_user_attr(spec.path, spec.factory, trust=True)     # trust was checked by parse_spec
     if not callable(fn):
         raise UserError(f"{spec.path} has no function '{spec.factory}'", "name a function that returns an nn.Module")
     return fn
@@ -202,9 +219,28 @@ def load_model(spec: ModelSpec, path: Path) -> nn.Module:
     return rebuild(fresh, saved)
 
 
-def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def as_args(example) -> tuple:
+    """An example input as forward()'s positional arguments: one tensor, a tuple of them, or (normalized)
+    pipeline.data.inputs.Inputs, whose arrays become tensors in input order."""
+    if hasattr(example, "torch") and hasattr(example, "names"):
+        return example.torch()
+    return tuple(example) if isinstance(example, (tuple, list)) else (example,)
+
+
+def as_inputs(example):
+    """An example as (normalized) Inputs: named arrays the engines' runners take."""
+    from pipeline.data.inputs import Inputs
+    if isinstance(example, Inputs):
+        return example
+    args = as_args(example)
+    if len(args) != 1:
+        raise UserError("an example of several tensors has no input names", "pass the example as Inputs")
+    return Inputs.of(args[0].detach().cpu().numpy())
+
+
+def export_pt2(model: nn.Module, example, path: Path) -> None:
     try:
-        ep = torch.export.export(model.eval(), (example,))
+        ep = torch.export.export(model.eval(), as_args(example))
     except Exception as e:  # noqa: BLE001
         raise UserError(f"torch.export failed: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}",
                         "make the model's forward traceable (no data-dependent Python control flow)") from None
@@ -218,8 +254,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+def count_macs(model: nn.Module, example) -> int:
     """Multiply-accumulates of one forward pass (conv, linear, matmul), via torch-pruning's counter."""
     import torch_pruning as tp
-    macs, _ = tp.utils.count_ops_and_params(model, example)
+    macs, _ = tp.utils.count_ops_and_params(model, as_args(example))
     return int(macs)

@@ -93,6 +93,7 @@ from pipeline.latency import median_ci
 from pipeline.report import schema
 from pipeline.hashing import sha256_file
 from pipeline.runner import write_json
+from pipeline.tasks import Metric
 
 DEFAULT_ROUNDS = 60          # interleaved rounds (pairs of bursts)
 MIN_ROUNDS = 5               # fewer cannot give a confidence interval narrower than the whole sample
@@ -171,6 +172,9 @@ def load_report(path: Path, what: str) -> dict:
                         "pass a report.json written by `python -m pipeline run`") from None
     if not isinstance(report, dict):
         raise UserError(f"{what} report {path} is not a JSON object", "pass a report.json written by the pipeline")
+    if report.get("schema_version") not in schema.SCHEMA_VERSIONS:
+        raise UserError(f"{what} report {path} has schema_version {report.get('schema_version')!r}; this gate reads "
+                        f"{', '.join(schema.SCHEMA_VERSIONS)}", "regenerate the report with this version of the tool")
     try:
         schema.validate(report)
         for a in report["artifacts"]:
@@ -239,10 +243,12 @@ def resolve_target(candidate: dict, baseline: dict, spec: str | None) -> Target:
 
 
 def budget_for(target: Target, max_accuracy_drop: float | None = None,
-               max_latency_regression_pct: float | None = None, max_size_mb: float | None = None) -> Budget:
-    """The target's budgets with any given override."""
+               max_latency_regression_pct: float | None = None, max_size_mb: float | None = None,
+               metric: Metric | None = None) -> Budget:
+    """The target's budgets with any given override (the metric drop in the metric's own units)."""
     b = target.budgets
-    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
+    fraction = metric is None or metric.unit == "fraction"
+    if max_accuracy_drop is not None and (max_accuracy_drop < 0 or (fraction and max_accuracy_drop > 1)):
         raise UserError(f"--max-accuracy-drop {max_accuracy_drop} is outside 0..1", "give a fraction, e.g. 0.01 for 1 pt")
     if max_latency_regression_pct is not None and max_latency_regression_pct < 0:
         raise UserError(f"--max-latency-regression-pct {max_latency_regression_pct} is negative", "give a percentage >= 0")
@@ -262,15 +268,25 @@ def _sides(b: object, c: object) -> str:
     return "baseline nor the candidate" if b is None and c is None else "baseline" if b is None else "candidate"
 
 
-def check_accuracy(name: str, base: dict, cand: dict, budget: Budget, same_test_set: bool) -> Check:
+def report_metric(report: dict) -> Metric:
+    """The report's primary metric (reports before schema 1.1: top-1 accuracy)."""
+    m = report.get("metric") or {"name": "top1", "higher_is_better": True, "unit": "fraction"}
+    return Metric(m["name"], bool(m["higher_is_better"]), m.get("unit", ""))
+
+
+def check_accuracy(name: str, base: dict, cand: dict, budget: Budget, same_test_set: bool,
+                   metric: Metric = Metric("top1", True, "fraction")) -> Check:
     b, c = base["accuracy"], cand["accuracy"]
     if b is None or c is None:
-        return Check(name, "accuracy", "skip", f"accuracy not measured here in the {_sides(b, c)}")
+        return Check(name, "accuracy", "skip", f"{metric.name} not measured here in the {_sides(b, c)}")
     if not same_test_set:
         return Check(name, "accuracy", "skip", "the reports were scored on different test sets (test_samples differ)")
-    drop = b - c
-    msg = (f"{c:.4f} vs baseline {b:.4f} ({(c - b) * 100:+.2f} pt; a drop of more than "
-           f"{budget.max_accuracy_drop * 100:.2f} pt fails)")
+    drop = metric.worse_by(b, c)
+    if metric.unit == "fraction":
+        change = f"{(c - b) * 100:+.2f} pt; a drop of more than {budget.max_accuracy_drop * 100:.2f} pt fails"
+    else:
+        change = f"{c - b:+.4g}, {metric.direction}; worse by more than {budget.max_accuracy_drop:g} fails"
+    msg = f"{metric.name} {c:.4f} vs baseline {b:.4f} ({change})"
     return Check(name, "accuracy", "fail" if drop > budget.max_accuracy_drop + 1e-12 else "pass", msg)
 
 
@@ -428,8 +444,12 @@ def gate(candidate_path: Path, baseline_path: Path, *, target: str | None = None
     if cand.get("data") != base.get("data"):
         raise UserError(f"the baseline was measured on data '{base.get('data')}', the candidate on '{cand.get('data')}'",
                         "gate against a baseline made with the same data")
+    metric = report_metric(cand)
+    if report_metric(base) != metric:
+        raise UserError(f"the baseline's metric is {report_metric(base).name}, the candidate's {metric.name}",
+                        "gate against a baseline of the same task")
     t = resolve_target(cand, base, target)
-    budget = budget_for(t, max_accuracy_drop, max_latency_regression_pct, max_size_mb)
+    budget = budget_for(t, max_accuracy_drop, max_latency_regression_pct, max_size_mb, metric)
     threads = threads or TIMING_THREADS
     cand_run = run_folder(candidate_path, cand)
     base_run = run_folder(baseline_path, base, baseline_run)
@@ -451,7 +471,7 @@ def gate(candidate_path: Path, baseline_path: Path, *, target: str | None = None
         if b is None:
             result.checks.append(Check(name, "presence", "skip", "new in the candidate: nothing to compare with"))
             continue
-        result.checks.append(check_accuracy(name, b, c, budget, same_test_set))
+        result.checks.append(check_accuracy(name, b, c, budget, same_test_set, metric))
         result.checks.append(check_size(name, b, c, budget, t.name, shipped))
         result.checks.append(_latency(name, b, c, t, budget, base_run, cand_run, rounds, burst, threads,
                                       hosts_differ, progress))

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any, Iterable, Sequence
 
+from pipeline.report.render import MetricView
+
 NOT_MEASURED = "not measured here"
 SHARED_STAGES = (("load", "teacher"), ("prune", "pruned"), ("distill", "distilled"))
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -207,13 +209,15 @@ def _scatter(report: dict, colors: dict[str | None, str]) -> str:
                 f"this host did not measure):<ul>{items}</ul></div>")
     if not arts:
         return f'<p class="muted">No artifact has both accuracy and host latency.</p>{note}'
-    pts = [_Point(a["latency_p50_ms"], a["accuracy"] * 100, a["name"], colors.get(a.get("target"), SHARED_COLOR),
+    mv = MetricView(report)
+    pts = [_Point(a["latency_p50_ms"], a["accuracy"] * mv.scale, a["name"], colors.get(a.get("target"), SHARED_COLOR),
                   a["name"] in _deliverables(report)) for a in arts]
     W, H, ml, mr, mt, mb = 1000, 440, 64, 24, 20, 52
     xt = _nice_ticks(0.0, max(p.x for p in pts) * 1.08)
     ylo, yhi = min(p.y for p in pts), max(p.y for p in pts)
-    pad = max(0.25, (yhi - ylo) * 0.12)
-    yt = _nice_ticks(max(0.0, ylo - pad), min(100.0, yhi + pad))  # accuracy lives in 0..100 %
+    pad = max(0.25 if mv.fraction else 1e-6, (yhi - ylo) * 0.12)
+    yt = (_nice_ticks(max(0.0, ylo - pad), min(100.0, yhi + pad)) if mv.fraction  # accuracy lives in 0..100 %
+          else _nice_ticks(ylo - pad, yhi + pad))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
 
     def sx(v: float) -> float:
@@ -237,7 +241,7 @@ def _scatter(report: dict, colors: dict[str | None, str]) -> str:
     out.append(f'<text x="{(ml + W - mr) / 2}" y="{H - 12}" text-anchor="middle" fill="#1d2430">'
                f"host p50 latency (ms, batch 1) - lower is better</text>"
                f'<text transform="translate(16 {(mt + H - mb) / 2}) rotate(-90)" text-anchor="middle" '
-               f'fill="#1d2430">test accuracy (%) - higher is better</text>')
+               f'fill="#1d2430">test {_e(mv.name)}{" (%)" if mv.fraction else ""} - {mv.direction}</text>')
     # Labels go beside their point, as close as they fit without covering another label or point;
     # one pushed further away gets a leader line.
     placed = [(sx(p.x) - 7, sy(p.y) - 7, sx(p.x) + 7, sy(p.y) + 7) for p in pts]
@@ -339,6 +343,7 @@ def _latency_cell(a: dict, prev: dict | None) -> str:
 
 
 def _attribution(report: dict, t: dict) -> str:
+    mv = MetricView(report)
     int8 = _int8_of(report, t["name"])
     engine = _engine_of(report, t, int8)
     steps: list[tuple[str, dict]] = [(label, a) for stage, label in SHARED_STAGES
@@ -351,15 +356,15 @@ def _attribution(report: dict, t: dict) -> str:
     rows, prev = [], None
     for label, a in steps:
         acc = a.get("accuracy")
-        d_prev = None if acc is None or prev is None or prev.get("accuracy") is None else (acc - prev["accuracy"]) * 100
-        d_teacher = None if a.get("accuracy_delta") is None else a["accuracy_delta"] * 100
+        d_prev = None if acc is None or prev is None or prev.get("accuracy") is None else (acc - prev["accuracy"]) * mv.scale
+        d_teacher = mv.v(a.get("accuracy_delta"))
         size, macs = a.get("size_bytes"), a.get("macs")
         rows.append(
             "<tr>" + _cell(f"<b>{_e(label)}</b><br/><span class=\"muted\">{_e(a['name'])}"
                            f"{' &#10003;' if a['name'] in _deliverables(report) else ''}</span>")
-            + _numcell(None if acc is None else acc * 100, ".2f", suffix="%")
-            + _numcell(d_prev, "+.2f", na="n/a" if acc is not None else NOT_MEASURED, suffix=" pt")
-            + _numcell(d_teacher, "+.2f", na="n/a" if acc is not None else NOT_MEASURED, suffix=" pt")
+            + _numcell(mv.v(acc), mv.fmt, suffix=mv.suffix)
+            + _numcell(d_prev, mv.delta_fmt, na="n/a" if acc is not None else NOT_MEASURED, suffix=mv.delta_suffix)
+            + _numcell(d_teacher, mv.delta_fmt, na="n/a" if acc is not None else NOT_MEASURED, suffix=mv.delta_suffix)
             + _latency_cell(a, prev)
             + (_cell(_e(_bytes(size, "built on device")), "num na") if size is None else
                _cell(f"{_e(_bytes(size))}{_change(_pct_change(size, prev.get('size_bytes') if prev else None))}", "num"))
@@ -367,13 +372,14 @@ def _attribution(report: dict, t: dict) -> str:
             + _numcell(None if macs is None else macs / 1e6, ".2f", na="n/a")
             + "</tr>")
         prev = a
-    head = [("step", False), ("accuracy", True), ("Δ vs previous", True), ("Δ vs teacher", True),
+    head = [("step", False), (mv.name, True), ("Δ vs previous", True), ("Δ vs teacher", True),
             ("p50 ms, host unless marked (Δ vs previous)", True), ("size (Δ vs previous)", True), ("params", True), ("MMACs", True)]
     return (f"<h3>{_e(t['name'])} ({_e(t.get('device', ''))}, {_e(t['backend'])}, {_e(t.get('precision', ''))})</h3>"
             + _table(head, rows))
 
 
 def _artifacts_table(report: dict) -> str:
+    mv = MetricView(report)
     rows = []
     for a in report["artifacts"]:
         ci, where = a.get("latency_ci95_ms"), a.get("latency_where")
@@ -381,9 +387,9 @@ def _artifacts_table(report: dict) -> str:
         rows.append(
             "<tr>" + _cell(f"<b>{_e(a['name'])}</b>{' &#10003;' if a['name'] in _deliverables(report) else ''}{note}")
             + _cell(_e(a.get("target") or "all")) + _cell(f"{_e(a['backend'])}<br/>{_e(a.get('precision', ''))}")
-            + _numcell(None if a["accuracy"] is None else a["accuracy"] * 100, ".2f", suffix="%")
-            + _numcell(None if a.get("accuracy_delta") is None else a["accuracy_delta"] * 100, "+.2f",
-                       na="n/a" if a["accuracy"] is not None else NOT_MEASURED, suffix=" pt")
+            + _numcell(mv.v(a["accuracy"]), mv.fmt, suffix=mv.suffix)
+            + _numcell(mv.v(a.get("accuracy_delta")), mv.delta_fmt,
+                       na="n/a" if a["accuracy"] is not None else NOT_MEASURED, suffix=mv.delta_suffix)
             + _numcell(a["latency_p50_ms"], ".3f", suffix="" if where in (None, "host") else f" ({_e(where)})")
             + (_cell(f"{ci[0]:.3f} - {ci[1]:.3f}", "num") if ci else _cell(NOT_MEASURED, "num na"))
             + _numcell(a.get("latency_p90_ms"), ".3f")
@@ -392,7 +398,7 @@ def _artifacts_table(report: dict) -> str:
             + _numcell(a.get("params"), ",d", na="n/a")
             + _numcell(None if a.get("macs") is None else a["macs"] / 1e6, ".2f", na="n/a")
             + "</tr>")
-    head = [("artifact", False), ("target", False), ("engine, precision", False), ("accuracy", True),
+    head = [("artifact", False), ("target", False), ("engine, precision", False), (mv.name, True),
             ("Δ vs teacher", True), ("host p50 ms", True), ("p50 95% CI ms", True), ("p90 ms", True),
             ("size", True), ("params", True), ("MMACs", True)]
     return _table(head, rows)
@@ -403,13 +409,14 @@ def _badge(ok: bool | None) -> str:
             None: f'<span class="badge na">{NOT_MEASURED}</span>'}[ok]
 
 
-def _target_card(t: dict) -> str:
+def _target_card(t: dict, mv: MetricView) -> str:
     m, b, ok = t["measured"], t["budgets"], t["budgets_met"]
     drop = m.get("accuracy_drop")
     items = [
         f"<li>deliverable: <b>{_e(t.get('deliverable') or 'none')}</b>; engine: {_e(t.get('engine', ''))}</li>",
-        f"<li>accuracy drop {_unit(None if drop is None else drop * 100, '.2f', 'pt')} (budget "
-        f"{b['max_accuracy_drop'] * 100:.2f} pt) {_badge(ok.get('accuracy'))}</li>",
+        f"<li>{_e(mv.name)} {'drop' if (drop or 0) >= 0 else 'gain (a negative drop)'} "
+        f"{_unit(mv.v(None if drop is None else abs(drop)), mv.fmt, mv.delta_suffix.strip())} (budget: at most "
+        f"{mv.v(b['max_accuracy_drop']):{mv.fmt}}{mv.delta_suffix} worse; {mv.direction}) {_badge(ok.get('accuracy'))}</li>",
         f"<li>size {_unit(m.get('size_mb'), '.3f', 'MB')} (budget {_unit(b.get('max_size_mb'), '.2f', 'MB', 'none')}) "
         f"{_badge(ok.get('size'))}</li>",
         f"<li>device p50 {_unit(m.get('latency_p50_ms'), '.3f', 'ms')} (budget "
@@ -447,13 +454,13 @@ def html(report: dict) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1"/>'
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>",
         f"<header><h1>{_e(title)}</h1><p class=\"sub\">Data {_e(report.get('data', '?'))} "
-        f"({_e(report.get('test_samples', '?'))} test samples); teacher accuracy "
-        f"{_unit(None if teacher is None else teacher * 100, '.2f', '%')}. Created {_e(report['created'])} by edge-compress "
+        f"({_e(report.get('test_samples', '?'))} test samples); metric {_e(MetricView(report).label)}; teacher "
+        f"{_unit(MetricView(report).v(teacher), MetricView(report).fmt, MetricView(report).suffix)}. Created {_e(report['created'])} by edge-compress "
         f"{_e(report.get('tool_version', '?'))} on {_e(host.get('cpu', 'unknown CPU'))} ({_e(host.get('cores', '?'))} "
         f"cores). Latency is measured on this host unless marked otherwise; \"{NOT_MEASURED}\" means it cannot "
         f"be measured on this host.</p></header>",
         '<section id="targets"><h2>Targets and budgets</h2><div class="cards">'
-        + "".join(_target_card(t) for t in report["targets"]) + "</div></section>",
+        + "".join(_target_card(t, MetricView(report)) for t in report["targets"]) + "</div></section>",
         f'<section id="tradeoff"><h2>Accuracy vs host latency</h2>{_scatter(report, colors)}</section>',
         f'<section id="sizes"><h2>Size at each step</h2>{_waterfall(report, colors)}</section>',
         '<section id="attribution"><h2>What each step did</h2><p class="note">Teacher -&gt; pruned -&gt; '

@@ -6,19 +6,37 @@ def _f(v, fmt: str, none: str = "n/a") -> str:
     return none if v is None else format(v, fmt)
 
 
+class MetricView:
+    """How a report's primary metric is shown: fractions as percent and points, other metrics as they are."""
+
+    def __init__(self, report: dict):
+        m = report.get("metric") or {"name": "top1", "higher_is_better": True, "unit": "fraction"}
+        self.name, self.higher = m["name"], bool(m["higher_is_better"])
+        self.fraction = m.get("unit") == "fraction"
+        self.scale = 100.0 if self.fraction else 1.0
+        self.suffix, self.delta_suffix = ("%", " pt") if self.fraction else ("", "")
+        self.fmt, self.delta_fmt = (".2f", "+.2f") if self.fraction else (".4g", "+.4g")
+        self.direction = "higher is better" if self.higher else "lower is better"
+        self.label = f"{'accuracy' if self.name == 'top1' else self.name} ({self.direction})"
+
+    def v(self, x):
+        return None if x is None else x * self.scale
+
+
 def markdown(r: dict) -> str:
+    mv = MetricView(r)
     lines = [f"# edge-compress report: {r['model']} -> {r['target']}", "",
-             f"Data: {r['data']} ({r['test_samples']} test samples). Teacher accuracy "
+             f"Data: {r['data']} ({r['test_samples']} test samples). Metric: {mv.label}. Teacher {mv.name} "
              f"{_f(r['teacher_accuracy'], '.4f')}. Created {r['created']}. Host: {r['host']['cpu']} "
              f"({r['host']['cores']} cores). Latency is measured on this host unless marked otherwise; "
              f"n/a means it cannot be measured here.", "",
-             "| artifact | backend | precision | accuracy | Δ vs teacher | p50 ms | p90 ms | size KB | params | MMACs |",
+             f"| artifact | backend | precision | {mv.name} | Δ vs teacher | p50 ms | p90 ms | size KB | params | MMACs |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for a in r["artifacts"]:
-        delta = None if a["accuracy_delta"] is None else a["accuracy_delta"] * 100
+        delta = mv.v(a["accuracy_delta"])
         lines.append(
             f"| {a['name']}{' ✓' if a.get('selected') else ''} | {a['backend']} | {a['precision']} | "
-            f"{_f(a['accuracy'], '.4f')} | {_f(delta, '+.2f', 'n/a')}{'' if delta is None else ' pt'} | "
+            f"{_f(a['accuracy'], '.4f')} | {_f(delta, mv.delta_fmt, 'n/a')}{'' if delta is None else mv.delta_suffix} | "
             f"{_f(a['latency_p50_ms'], '.3f')} | {_f(a['latency_p90_ms'], '.3f')} | "
             f"{_f(None if a['size_bytes'] is None else a['size_bytes'] / 1024, '.1f')} | "
             f"{_f(a['params'], ',d')} | {_f(None if a['macs'] is None else a['macs'] / 1e6, '.2f')} |")
@@ -28,8 +46,9 @@ def markdown(r: dict) -> str:
         mark = {True: "met", False: "**missed**", None: "not measured here"}
         lines += [f"### {t['name']} ({t['device']}, {t['backend']}, {t['precision']})", "",
                   f"- deliverable: {t['deliverable']}; engine: {t['engine']}",
-                  f"- accuracy drop {_f(None if m['accuracy_drop'] is None else m['accuracy_drop'] * 100, '.2f')} pt "
-                  f"(budget {b['max_accuracy_drop'] * 100:.2f} pt): {mark[ok['accuracy']]}",
+                  f"- {mv.name} {'drop' if (m['accuracy_drop'] or 0) >= 0 else 'gain (negative drop)'} "
+                  f"{_f(mv.v(m['accuracy_drop']), mv.fmt)}{mv.delta_suffix} "
+                  f"(budget {mv.v(b['max_accuracy_drop']):{mv.fmt}}{mv.delta_suffix}; {mv.direction}): {mark[ok['accuracy']]}",
                   f"- size {_f(m['size_mb'], '.3f')} MB (budget {_f(b['max_size_mb'], '.2f')} MB): {mark[ok['size']]}",
                   f"- device latency {_f(m['latency_p50_ms'], '.3f')} ms (budget {_f(b['latency_ms'], '.2f')} ms): "
                   f"{mark[ok['latency']]}; host p50 {_f(m['host_latency_p50_ms'], '.3f')} ms; "

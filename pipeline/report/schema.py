@@ -1,17 +1,22 @@
 """The report.json schema. CI tools read it, so its core is fixed and versioned.
 
-Version 1.0. Top level: schema_version, created (ISO 8601 UTC), tool_version, target (comma-joined
-target names), model, data, teacher_accuracy, test_samples, stages (name -> "ran" | "cached"),
-stage_wall_s, artifacts, targets, host, toolchain.
+Version 1.1. Top level: schema_version, created (ISO 8601 UTC), tool_version, target (comma-joined
+target names), model, data, task {name, metric, metrics}, metric {name, higher_is_better, direction,
+unit} (the task's primary metric: every "accuracy" figure below is this metric, in its own units),
+inputs [{name, kind, dtype, shape}], teacher_accuracy, test_samples, stages (name -> "ran" | "cached"),
+stage_wall_s, artifacts, targets, host, toolchain. (1.0 had no task/metric: top-1 accuracy.)
 
 artifacts[]: name, stage, backend, precision, target (null for shared artifacts), file (relative
-to the run folder, null when the artifact is only built on the device), accuracy (0..1, null where
-not measurable here), accuracy_delta (vs teacher), latency_p50_ms, latency_p90_ms, latency_ci95_ms
+to the run folder, null when the artifact is only built on the device), accuracy (the primary
+metric; 0..1 for fractions; null where not measurable here), metrics {name: value} (every metric of
+the task), accuracy_delta (vs teacher, value minus teacher: see metric.direction for its sign's
+meaning), latency_p50_ms, latency_p90_ms, latency_ci95_ms
 ([lo, hi] of the median), latency_where ("host" or "device"; null when not measured), size_bytes,
 params, macs, selected, note.
 
 targets[]: name, backend, precision, deliverable (artifact name), engine ("built" | "to be built on
-device"), budgets {max_accuracy_drop, latency_ms, max_size_mb}, measured {accuracy_drop, size_mb,
+device"), budgets {max_accuracy_drop (in the metric's units), latency_ms, max_size_mb}, measured
+{accuracy_drop (how much worse than the teacher, in the metric's units; negative: better), size_mb,
 latency_p50_ms (device figure, null until a device report is merged), host_latency_p50_ms},
 budgets_met {accuracy, size, latency: true | false | null (not measured)}, roofline_bound_ms,
 calibration {name, sha256, size, seed}, float_layers[] (layers the quantize stage kept in float; reasons
@@ -49,7 +54,8 @@ from __future__ import annotations
 
 from pipeline.errors import UserError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+SCHEMA_VERSIONS = ("1.0", "1.1")     # what gate and report read
 ARTIFACT_KEYS = ("name", "stage", "backend", "accuracy", "latency_p50_ms", "size_bytes")
 TOP_KEYS = ("schema_version", "created", "target", "stages", "artifacts", "targets")
 
@@ -66,7 +72,8 @@ def validate(report: dict) -> None:
             if k not in a:
                 raise UserError(f"report artifact {i} lacks '{k}'", "regenerate the report")
         acc = a["accuracy"]
-        if acc is not None and not (0.0 <= acc <= 1.0):
+        fraction = (report.get("metric") or {"unit": "fraction"}).get("unit") == "fraction"
+        if acc is not None and fraction and not (0.0 <= acc <= 1.0):
             raise UserError(f"report artifact '{a['name']}' has accuracy {acc} outside 0..1", "regenerate the report")
 
 
@@ -116,10 +123,16 @@ def quantization_notes(quant_metrics: dict) -> list[str]:
 
 
 def target_summary(t, compile_metrics: dict, quant_metrics: dict, deliverable: dict | None,
-                   teacher_acc: float | None, rows: list[dict] = ()) -> dict:
-    """The report's entry for one target; `rows` (the report's artifact rows) add INT8-vs-float speed notes."""
+                   teacher_acc: float | None, rows: list[dict] = (), metric=None) -> dict:
+    """The report's entry for one target; `rows` (the report's artifact rows) add INT8-vs-float speed notes.
+    `metric` (pipeline.tasks.Metric, default top-1) gives the direction of "drop": how much worse than the
+    teacher the deliverable is, in the metric's own units (negative: better)."""
+    if metric is None:
+        from pipeline.tasks import Metric
+        metric = Metric("top1", True, "fraction")
     b = t.budgets
-    acc_drop = None if deliverable is None or teacher_acc is None else teacher_acc - deliverable["accuracy"]
+    acc_drop = (None if deliverable is None or teacher_acc is None
+                else metric.worse_by(teacher_acc, deliverable["accuracy"]))
     size_mb = None if deliverable is None else deliverable["size_bytes"] / 1e6
     engine = compile_metrics.get("engine", {}).get("status", "built")
     notes = []

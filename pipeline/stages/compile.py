@@ -44,7 +44,7 @@ class CompileStage(Stage):
         job = CompileJob(target=t, stage=self.name, out=out, int8=ctx.artifact(self.inputs[0], engine.int8_file),
                          float_onnx=ctx.artifact(self.source, "model.onnx"),
                          torch_model=lambda: ctx.torch_model(self.source),
-                         example=torch.from_numpy(ds.normalize(ds.x_test[:1])), input_shape=ctx.input_shape(),
+                         example=ctx.example(), input_shape=ctx.input_shape(),
                          choose=lambda eng, candidates: self._choose(ctx, out, eng, candidates))
         return engine.compile(job)
 
@@ -63,14 +63,16 @@ class CompileStage(Stage):
             x, y = ds.x_train[idx], ds.y_train[idx]
             for prec, fname in candidates.items():
                 r = engine.Runner(out / fname, threads=t.threads)
-                xb = r.prepare(ds.normalize(ds.x_test[:1]))
+                xb = r.prepare(ctx.example())
                 lat = measure(lambda: r.run_raw(xb), warmup=20, runs=200, threads=t.threads)
-                measured[prec] = {"accuracy": runner_accuracy(r, ds, x, y), "p50_ms": lat["p50_ms"]}
-            drop = measured["fp32"]["accuracy"] - measured["int8"]["accuracy"]
+                measured[prec] = {"accuracy": runner_accuracy(r, ds, x, y, task=ctx.task), "p50_ms": lat["p50_ms"]}
+            metric = ctx.task.primary
+            drop = metric.worse_by(measured["fp32"]["accuracy"], measured["int8"]["accuracy"])
             int8_ok = drop <= t.budgets.max_accuracy_drop
             choice = "int8" if int8_ok and measured["int8"]["p50_ms"] < measured["fp32"]["p50_ms"] else "fp32"
             why = (f"INT8 p50 {measured['int8']['p50_ms']:.3f} ms vs FP32 {measured['fp32']['p50_ms']:.3f} ms, "
-                   f"INT8 accuracy drop {drop * 100:.2f} pt on {len(idx)} held-out training samples")
+                   f"INT8 {metric.name} {'drop' if drop >= 0 else 'gain'} {abs(drop):.4f} ({metric.direction}) on "
+                   f"{len(idx)} held-out training samples")
             log.info("[%s] precision auto -> %s (%s)", self.name, choice, why)
             measured["reason"] = why
         elif t.precision not in ("int8", "fp32"):

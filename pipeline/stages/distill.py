@@ -34,10 +34,10 @@ class DistillStage(Stage):
         torch.manual_seed(seed)
         teacher = models.load_model(spec, ctx.artifact("load", "model.pt")).eval()
         student = models.load_model(spec, ctx.artifact("prune", "model.pt"))
-        example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
+        example = ctx.example()
 
         ckpt = self.resume_path(ctx)
-        trained = distill(teacher, student, example, ds, cfg, seed, device, ckpt)
+        trained = distill(teacher, student, example, ds, cfg, seed, device, ckpt, task=ctx.task)
         if trained is None:       # a torchrun rank other than 0: rank 0 writes the outputs
             return {}
         state, feat_shapes = trained
@@ -49,7 +49,8 @@ class DistillStage(Stage):
         fl = state["feature_losses"]
         return {
             "steps": state["step"], "steps_per_epoch": state["steps_per_epoch"], "train_samples": state["train_samples"],
-            "val_samples": state["val_samples"], "best_val_accuracy": state["best_val"], "history": state["history"],
+            "val_samples": state["val_samples"], "best_val_accuracy": state["best_val"], "val_metric": ctx.task.primary.name,
+            "initial_val_accuracy": state.get("initial_val"), "history": state["history"],
             "loss_curve": state["losses"][:: max(1, len(state["losses"]) // 200)],
             "resumed_from_step": state["resumed_from"], "stopped_early": state["stopped_early"],
             "train_s": round(state["train_s"], 2),

@@ -49,6 +49,13 @@ preprocessed) and the host outputs (`y`); a device build should agree within the
 `manifest.json` ("golden").
 {backend_notes}"""
 
+def golden_arrays(x) -> dict:
+    """The golden inputs as npz arrays: `x` for a single input, `x__<name>` per named input."""
+    if x.positional:
+        return {"x": x.single}
+    return {f"x__{k}": v for k, v in x.items()}
+
+
 def tensor_entry(meta: dict | None, name: str, shape: list[int], layout: str | None) -> dict:
     """How to feed / read one model tensor, from the engine's own description where it has one."""
     meta = meta or {}
@@ -110,7 +117,7 @@ class HandoffStage(Stage):
             engine = backends.get(t.backend)
             runner = backends.require(art["backend"]).Runner(ctx.run_dir / art["file"], threads=t.threads)
             y = runner.run(x)
-            np.savez(tdir / "golden.npz", x=x, y=y, labels=ds.y_test[:GOLDEN_SAMPLES])
+            np.savez(tdir / "golden.npz", **golden_arrays(x), y=y, labels=ds.y_test[:GOLDEN_SAMPLES])
             tol = engine.golden_tolerance(t, quant["engine_meta"].get("output") or {}).as_dict()
             meta = quant["engine_meta"]
             files = {p.name: sha256_file(p) for p in sorted(tdir.iterdir())}
@@ -120,6 +127,8 @@ class HandoffStage(Stage):
                 "deliverable": art["file"].split("/")[-1], "precision": comp.get("precision", t.precision),
                 "input": tensor_entry(meta.get("input"), "input", data_info["input_shape"],
                                       getattr(runner, "layout", "NCHW")),
+                "inputs": [{**i, "runtime": e} for i, e in zip(data_info.get("inputs", []), runner.io()["inputs"])],
+                "task": data_info.get("task"),
                 "output": tensor_entry(meta.get("output"), "logits",
                                        [data_info["input_shape"][0], len(data_info["classes"])], None),
                 "preprocessing": {"scale": 1 / 255 if data_info["stored_dtype"] == "uint8" else 1.0,
@@ -130,7 +139,8 @@ class HandoffStage(Stage):
                 "float_layers": meta.get("float_layers", []),
                 "calibration": {k: quant["calibration"][k] for k in ("name", "sha256", "size", "seed")},
                 "seed": ctx.config.seed, "accuracy_host": art["accuracy"], "test_samples": test_samples,
-                "golden": {"file": "golden.npz", "samples": GOLDEN_SAMPLES, "produced_by": art["name"], **tol},
+                "golden": {"file": "golden.npz", "samples": GOLDEN_SAMPLES, "produced_by": art["name"],
+                           "inputs": list(golden_arrays(x)), **tol},
                 "toolchain": lock,
                 "device_toolchain": engine.device_toolchain(t),
                 "engine": comp.get("engine", {}).get("status", "built"),

@@ -2,6 +2,7 @@
 as files the later stages read (model.pt for rebuilding, model.pt2, model.onnx)."""
 from __future__ import annotations
 
+import inspect
 import shutil
 from pathlib import Path
 
@@ -12,29 +13,41 @@ from pipeline import models
 from pipeline.backends import onnxruntime as ort_backend
 from pipeline.errors import UserError
 from pipeline.latency import measure
-from pipeline.compress.accuracy import runner_accuracy, torch_accuracy
+from pipeline.compress.accuracy import runner_outputs, torch_outputs
 from pipeline.hashing import sha256_file
 from pipeline.runner import Context, Stage, write_json
 
 
-def forward_logits(model: torch.nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Run the model once and check it returns (N, num_classes) logits."""
+def forward_outputs(model: torch.nn.Module, x, task, ds) -> torch.Tensor:
+    """Run the model once on normalized inputs and check its output fits the task (one clear line if not)."""
     try:
         with torch.no_grad():
-            y = model(x)
+            y = x.call(model)
     except Exception as e:  # noqa: BLE001 -- any failure here is a model/input mismatch
-        raise UserError(f"the model fails on input of shape {list(x.shape)}: {e.__class__.__name__}: "
-                        f"{str(e).splitlines()[0][:160]}", "pass --input-shape matching the model, or data it accepts") from None
+        raise UserError(f"the model fails on inputs {({k: list(v.shape) for k, v in x.items()})}: "
+                        f"{e.__class__.__name__}: {str(e).splitlines()[0][:160]}",
+                        "pass data whose inputs match forward()'s parameters (names, shapes, dtypes)") from None
     if not isinstance(y, torch.Tensor):
-        raise UserError(f"the model returns a {type(y).__name__}, not a tensor of logits",
-                        "wrap it so forward() returns the logits tensor only")
-    if y.ndim != 2 or y.shape[0] != x.shape[0]:
-        raise UserError(f"the model returns shape {list(y.shape)}, expected [N, classes]",
-                        "return one row of class logits per input")
-    if y.shape[1] != num_classes:
-        raise UserError(f"the model has {y.shape[1]} outputs but the data has {num_classes} classes",
-                        "pass data with matching labels or a model with that many outputs")
+        raise UserError(f"the model returns a {type(y).__name__}, not one tensor",
+                        "wrap it so forward() returns one output tensor (e.g. the logits)")
+    if y.ndim == 0 or y.shape[0] != len(x):
+        raise UserError(f"the model returns shape {list(y.shape)} for {len(x)} samples",
+                        "return one output row per input sample")
+    task.check_outputs(y.float().numpy(), ds)
     return y
+
+
+def check_input_names(model: torch.nn.Module, ds) -> None:
+    """The data's inputs must be forward()'s parameters, in order (a single x_<split> input fits any model)."""
+    if ds.x_train.positional:
+        return
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = [p.name for p in params]
+    required = [p.name for p in params if p.default is p.empty]
+    if ds.input_names != names[: len(ds.input_names)] or not set(required) <= set(ds.input_names):
+        raise UserError(f"the data's inputs {ds.input_names} do not match forward({', '.join(names)})",
+                        "name the arrays <param>_train / <param>_test after forward()'s parameters, in order")
 
 
 def teacher_artifact(metrics: dict) -> dict:
@@ -65,38 +78,44 @@ class LoadStage(Stage):
         }
 
     def run(self, ctx: Context, out: Path) -> dict:
-        ds, spec = ctx.data, ctx.model_spec()
+        ds, spec, task = ctx.data, ctx.model_spec(), ctx.task
         shape = ctx.input_shape()
         x_test, y_test = ds.x_test[: ctx.config.evaluate.test_limit], ds.y_test[: ctx.config.evaluate.test_limit]
-        example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
+        example = ctx.example()
+        first = ds.specs[0]
         data_info = {"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint(),
-                     "input_shape": shape, "layout": "NCHW", "dtype": "float32", "mean": list(ds.mean),
+                     "inputs": [i.as_dict() for i in ds.specs], "input_shape": shape,
+                     "layout": "NCHW" if first.kind == "image" else None, "dtype": "float32", "mean": list(ds.mean),
                      "std": list(ds.std), "classes": ds.classes, "train": len(ds.x_train), "test": len(ds.x_test),
-                     "stored_dtype": str(ds.x_train.dtype)}
+                     "stored_dtype": first.dtype, "task": task.describe()}
         write_json(out / "data.json", data_info)
         metrics: dict = {"model": spec.label, "kind": spec.kind, "input_shape": shape, "data": data_info["name"],
-                         "classes": ds.num_classes}
+                         "classes": ds.num_classes, "task": task.describe(), "inputs": data_info["inputs"]}
 
         if spec.kind == "onnx":
             runner = ort_backend.Runner(spec.path, threads=2)  # errors name the user's file
             shutil.copyfile(spec.path, out / "model.onnx")
-            if list(runner.input_shape)[1:] != shape[1:]:
+            if len(runner.inputs) == 1 and list(runner.input_shape)[1:] != shape[1:]:
                 raise UserError(f"{spec.path.name} takes input {list(runner.input_shape)}, the data gives {shape}",
                                 "pass data of the model's input shape")
-            acc = runner_accuracy(runner, ds, x_test, y_test, ctx.config.evaluate.batch_size)
-            xb = runner.prepare(ds.normalize(ds.x_test[:1]))
+            outputs = runner_outputs(runner, ds, x_test, ctx.config.evaluate.batch_size)
+            task.check_outputs(outputs[:1], ds)
+            scores = task.evaluate(outputs, y_test)
+            xb = runner.prepare(example)
             lat = measure(lambda: runner.run_raw(xb), runs=ctx.config.load.latency_runs, threads=2)
-            metrics.update({"accuracy": acc, "latency_p50_ms": lat["p50_ms"], "latency_engine": "onnxruntime",
-                            "params": onnx_param_count(out / "model.onnx"), "macs": None})
+            metrics.update({"accuracy": scores[task.primary.name], "metrics": scores, "latency_p50_ms": lat["p50_ms"],
+                            "latency_engine": "onnxruntime", "params": onnx_param_count(out / "model.onnx"), "macs": None})
             return metrics | {"artifacts": [teacher_artifact(metrics)]}
 
         model = models.build(spec)
         models.check_finite(model, spec.label)
-        forward_logits(model, example, ds.num_classes)
-        acc = torch_accuracy(model, ds, x_test, y_test, ctx.config.evaluate.batch_size)
+        if spec.kind == "factory":
+            check_input_names(model, ds)
+        forward_outputs(model, example, task, ds)
+        scores = task.evaluate(torch_outputs(model, ds, x_test, ctx.config.evaluate.batch_size), y_test)
         torch.set_num_threads(2)
         with torch.no_grad():
-            lat = measure(lambda: model(example), runs=ctx.config.load.latency_runs, threads=torch.get_num_threads())
+            lat = measure(lambda: example.call(model), runs=ctx.config.load.latency_runs, threads=torch.get_num_threads())
         if spec.trainable:
             models.save_model(model, out / "model.pt")
         models.export_pt2(model, example, out / "model.pt2")
@@ -105,12 +124,12 @@ class LoadStage(Stage):
         runner = ort_backend.Runner(out / "model.onnx", threads=2)
         probe = ds.normalize(ds.x_test[:64])
         with torch.no_grad():
-            ref = model(torch.from_numpy(probe)).numpy()
+            ref = probe.call(model).float().numpy()
         diff = float(np.abs(runner.run(probe) - ref).max())
         if diff > 1e-3 * max(1.0, float(np.abs(ref).max())):
             raise UserError(f"ONNX export of {spec.label} differs from torch by {diff:.3g}",
                             "report this model; the exporter mis-translated an op")
-        metrics.update({"accuracy": acc, "latency_p50_ms": lat["p50_ms"], "latency_engine": "torch-eager",
-                        "params": models.count_params(model), "macs": models.count_macs(model, example),
-                        "onnx": onnx_meta, "onnx_max_abs_diff": diff})
+        metrics.update({"accuracy": scores[task.primary.name], "metrics": scores, "latency_p50_ms": lat["p50_ms"],
+                        "latency_engine": "torch-eager", "params": models.count_params(model),
+                        "macs": models.count_macs(model, example), "onnx": onnx_meta, "onnx_max_abs_diff": diff})
         return metrics | {"artifacts": [teacher_artifact(metrics)]}

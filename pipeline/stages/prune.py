@@ -37,7 +37,7 @@ class PruneStage(Stage):
         spec = ctx.model_spec()
         torch.manual_seed(seed)
         teacher = models.load_model(spec, ctx.artifact("load", "model.pt"))
-        example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
+        example = ctx.example()
         base_macs, base_params = models.count_macs(teacher, example), models.count_params(teacher)
         ignored = protected_layers(teacher, example, cfg)
         setup = Setup(cfg.criterion, round_to(ctx), ignored, cfg.global_pruning, cfg.max_layer_ratio,
@@ -46,7 +46,7 @@ class PruneStage(Stage):
         if cfg.iterative_steps > 1:
             d = ctx.config.distill
             kd = KDSettings(calibration_batches(ds, seed + 1, cfg.step_kd_batches * d.batch_size, d.batch_size),
-                            d.temperature, d.alpha)
+                            d.temperature, d.alpha, loss_fn=ctx.task.distill_loss)
         threads = min(t.threads for t in ctx.targets)
         student, search_record = prune_to_budget(teacher, example, cfg, setup, threads, kd)
         check_pruned(teacher, student, example)

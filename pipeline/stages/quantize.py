@@ -85,34 +85,37 @@ class QuantizeStage(Stage):
                 meta["meta"] = eng.build(float_layers)
                 return eng.logits(dest)
 
-            all_int8 = sensitivity.score(eng.logits(dest), eng.reference, held.y)
-            float_acc = float(np.mean(eng.reference.argmax(1) == held.y))
-            over = float_acc - all_int8["accuracy"] > budget
+            task = ctx.task
+            all_int8 = sensitivity.score(eng.logits(dest), eng.reference, held.y, task)
+            float_acc = task.score(eng.reference, held.y)
+            over = task.primary.worse_by(float_acc, all_int8["accuracy"]) > budget
             ranked = None
             if q.sensitivity or (q.fallback and over):
                 prog = Progress(self.name, len(eng.layers), unit="sensitivity layer")
-                ranked = {**sensitivity.rank(eng.layers, eng.proxy, eng.reference, held.y, progress=prog.update),
+                ranked = {**sensitivity.rank(eng.layers, eng.proxy, eng.reference, held.y, progress=prog.update,
+                                             task=task),
                           "measured_with": eng.proxy_note}
             fb = None
             if q.fallback:
                 order = [r["layer"] for r in ranked["ranking"]] if ranked else []
                 fb = sensitivity.fallback(order, shipped, eng.reference, held.y, budget, q.max_float_layers,
-                                          all_int8=all_int8)
-            drop = fb["accuracy_drop"] if fb else float_acc - all_int8["accuracy"]
+                                          all_int8=all_int8, task=task)
+            drop = fb["accuracy_drop"] if fb else task.primary.worse_by(float_acc, all_int8["accuracy"])
             float_layers = fb["float_layers"] if fb else []
-            log.info("[%s] INT8 drop %.2f pt vs the float model on %d held-out training samples (budget %.2f pt)%s",
-                     self.name, drop * 100, len(held.y), budget * 100,
+            log.info("[%s] INT8 %s drop %.4f vs the float model on %d held-out training samples (budget %.4f)%s",
+                     self.name, task.primary.name, drop, len(held.y), budget,
                      f"; kept in float: {', '.join(f['layer'] for f in float_layers)}" if float_layers else "")
             if drop > budget:
-                log.warning("[%s] the INT8 accuracy budget cannot be met%s: drop %.2f pt > %.2f pt", self.name,
+                log.warning("[%s] the INT8 %s budget cannot be met%s: drop %.4f > %.4f", self.name, task.primary.name,
                             f" with up to {q.max_float_layers} float layers" if q.fallback else " (fallback is off)",
-                            drop * 100, budget * 100)
+                            drop, budget)
         return {
             "backend": t.backend, "method": self.method(ctx), "file": dest.name,
             "calibration": {"name": manifest["name"], "manifest": man_path.name, "sha256": manifest["sha256"],
                             "size": manifest["size"], "seed": manifest["seed"], "source": manifest["source"]["data"]},
             "heldout": {"samples": int(len(held.y)), "split": "train", "excludes": "the calibration samples",
                         "seed": ctx.config.seed + 2},
+            "metric": task.primary.as_dict(),
             "float_accuracy": float_acc,
             "accuracy_drop_vs_float": drop,
             "budget": budget,
@@ -130,7 +133,7 @@ class QuantizeStage(Stage):
         t, ds, q = self.target, ctx.data, ctx.config.quantize
         engine = backends.get(t.backend)
         spec = ctx.model_spec()
-        example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
+        example = ctx.example()
         dfq_on = q.equalize or q.bias_correction
         if spec.kind == "onnx" and dfq_on:
             raise UserError(f"quantize.equalize / quantize.bias_correction transform a torch model; "
@@ -141,7 +144,7 @@ class QuantizeStage(Stage):
         source = ctx.torch_model(self.source) if spec.kind != "onnx" and needs_torch else None
         to_quantize, prepared = source, None
         if dfq_on:
-            to_quantize, prepared = dfq.prepare(source, torch.from_numpy(calib), q.equalize, q.bias_correction,
+            to_quantize, prepared = dfq.prepare(source, torch.from_numpy(calib.single), q.equalize, q.bias_correction,
                                                 q.per_channel)
             done = ([f"{len(prepared['equalize']['pairs'])} layer pairs equalized"] if q.equalize else []) + \
                 ([f"{prepared['bias_correction']['layers']} biases corrected"] if q.bias_correction else [])

@@ -38,7 +38,7 @@ def artifact_rows(ctx: Context) -> tuple[list[dict], float | None]:
         rows.append({
             "name": r["name"], "stage": r["stage"], "backend": r["backend"], "precision": r["precision"],
             "target": r.get("target"), "file": r["path"],
-            "accuracy": acc,
+            "accuracy": acc, "metrics": r.get("metrics"),
             "accuracy_delta": None,
             "latency_p50_ms": r["latency_p50_ms"], "latency_p90_ms": r["latency_p90_ms"],
             "latency_ci95_ms": r["latency"]["p50_ci95_ms"] if r.get("latency") else None,
@@ -49,7 +49,7 @@ def artifact_rows(ctx: Context) -> tuple[list[dict], float | None]:
         })
     for row in rows:
         if row["accuracy"] is not None and teacher_acc is not None:
-            row["accuracy_delta"] = row["accuracy"] - teacher_acc
+            row["accuracy_delta"] = row["accuracy"] - teacher_acc     # in the metric's units; its sign: report.metric
     return rows, teacher_acc
 
 
@@ -79,7 +79,7 @@ class ReportStage(Stage):
             comp = ctx.record(f"compile-{t.name}")["metrics"]
             quant = ctx.record(f"quantize-{t.name}")["metrics"]
             targets.append(schema.target_summary(t, comp, quant, deliverable(artifacts, t.name, comp), teacher_acc,
-                                                 artifacts))
+                                                 artifacts, metric=ctx.task.primary))
         stages = {name: ctx.record(name) for name in ctx.statuses if name != self.name}
         report = {
             "schema_version": schema.SCHEMA_VERSION,
@@ -87,6 +87,8 @@ class ReportStage(Stage):
             "tool_version": __version__,
             "target": ",".join(t.name for t in ctx.targets),
             "model": load["model"], "data": load["data"],
+            "task": ctx.task.describe(), "metric": ctx.task.primary.as_dict(),
+            "inputs": load.get("inputs"),
             "teacher_accuracy": teacher_acc,
             "test_samples": ctx.record("evaluate")["metrics"]["test_samples"],
             "stages": dict(ctx.statuses),

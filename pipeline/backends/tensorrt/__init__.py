@@ -267,6 +267,7 @@ class TensorRT(base.Engine):
 
     def check_bundle_engine(self, tdir: Path, manifest: dict) -> str:
         """The plan's check: run it on golden.npz where TensorRT and a GPU exist, else say why not."""
+        from pipeline.bundle.devicekit import golden_inputs
         from pipeline.verify import compare
         ok, reason = self.available()
         plan = tdir / PLAN
@@ -277,7 +278,7 @@ class TensorRT(base.Engine):
         try:
             runner = Runner(plan)
             with np.load(tdir / manifest["golden"]["file"]) as g:
-                x, y = g["x"], g["y"]
+                x, y = golden_inputs(g), g["y"]
             ok, what = compare(runner.run(x), y, manifest["golden"])
         except (UserError, KeyError, ValueError, OSError) as e:
             return f"FAILED: model.plan could not run: {getattr(e, 'problem', e)}"
@@ -286,7 +287,7 @@ class TensorRT(base.Engine):
     def bench(self, tdir: Path, manifest: dict, warmup: int, runs: int, threads: int) -> dict:
         import json
 
-        from pipeline.bundle.devicekit import device_latency, device_report, golden_check
+        from pipeline.bundle.devicekit import device_latency, device_report, golden_check, golden_inputs
         from pipeline.device import WRITTEN_BY
         from pipeline.hashing import sha256_file
         ok, reason = self.available()
@@ -322,7 +323,7 @@ class TensorRT(base.Engine):
         report["engine"] = {"file": PLAN, "sha256": sha256_file(plan), "built_here": built}
         report["layer_precisions"] = runner.layer_precisions()
         with np.load(tdir / manifest["golden"]["file"]) as g:
-            x, y, labels = g["x"].astype(np.float32), g["y"], (g["labels"] if "labels" in g.files else None)
+            x, y, labels = golden_inputs(g), g["y"], (g["labels"] if "labels" in g.files else None)
         gold = manifest["golden"]
         report["check"] = golden_check(runner.run(x), y, labels, gold["max_abs"], 0.0, gold["min_argmax_agreement"])
         batch_x = x[: runner.input_shape[0] or 1]

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from pipeline.backends.onnxruntime import (INPUT_NAME, check_calibration, check_node_names, cpu_session, io_shapes,
+from pipeline.backends.onnxruntime import (check_calibration, check_node_names, cpu_session, io_shapes,
                                            load_onnx, ort_module, qdq_summary)
 from pipeline.backends.tensorrt.compat import DEFAULT_TRT_VERSION, check_compat, qdq_nodes
 from pipeline.errors import UserError
@@ -32,19 +32,21 @@ import json, sys
 import numpy as np
 from modelopt.onnx.quantization import quantize
 a = json.loads(sys.argv[1])
-quantize(a["onnx_in"], quantize_mode="int8", calibration_data=np.load(a["calib"]),
+z = np.load(a["calib"])
+data = z[z.files[0]] if len(z.files) == 1 else {k: z[k] for k in z.files}
+quantize(a["onnx_in"], quantize_mode="int8", calibration_data=data,
          calibration_method=a["method"], calibration_eps=["cpu"], nodes_to_exclude=a["exclude"] or None,
          high_precision_dtype=a["high_precision_dtype"], output_path=a["onnx_out"], log_level="WARNING")
 """
 
 
-def _run_modelopt(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str, exclude_patterns: list[str],
+def _run_modelopt(onnx_in: Path, calib: dict[str, np.ndarray], onnx_out: Path, method: str, exclude_patterns: list[str],
                   high_precision_dtype: str) -> None:
     """modelopt.onnx.quantization.quantize(quantize_mode="int8", ...) in a child process."""
     # scratch next to the output (inside the run folder), never in the system temp folder
     with tempfile.TemporaryDirectory(prefix=".modelopt.", dir=Path(onnx_out).parent) as tmp:
-        np.save(Path(tmp) / "calib.npy", calib)
-        args = {"onnx_in": str(onnx_in), "calib": str(Path(tmp) / "calib.npy"), "onnx_out": str(onnx_out),
+        np.savez(Path(tmp) / "calib.npz", **calib)      # one array per model input (a dict for modelopt)
+        args = {"onnx_in": str(onnx_in), "calib": str(Path(tmp) / "calib.npz"), "onnx_out": str(onnx_out),
                 "method": method, "exclude": exclude_patterns, "high_precision_dtype": high_precision_dtype}
         proc = subprocess.run([sys.executable, "-c", _MODELOPT_CHILD, json.dumps(args)],
                               capture_output=True, text=True, check=False)
@@ -52,7 +54,7 @@ def _run_modelopt(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str,
         raise RuntimeError(f"modelopt INT8 quantization failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
-def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str = "entropy",
+def quantize_int8(onnx_in: Path, calib, onnx_out: Path, method: str = "entropy",
                   exclude_nodes: Sequence[str] = (), fp16_fallback: bool = True) -> dict:
     """TensorRT explicit-quantization INT8 QDQ ONNX through modelopt.onnx.quantization.quantize.
 
@@ -76,16 +78,15 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
                         "use calibration_method = \"entropy\" or \"minmax\" for a TensorRT target")
     model = load_onnx(onnx_in)
     shapes = io_shapes(model)
-    if list(shapes["inputs"]) != [INPUT_NAME]:
-        raise UserError(f"{onnx_in} has inputs {list(shapes['inputs'])}, expected one named '{INPUT_NAME}'",
-                        "quantize a model written by export_onnx")
-    input_shape = shapes["inputs"][INPUT_NAME]
-    calib = check_calibration(calib, input_shape)
+    calib = check_calibration(calib, shapes["inputs"])
+    input_shape = next(iter(shapes["inputs"].values()))
     batch = input_shape[0] if isinstance(input_shape[0], int) else 1
-    if len(calib) < batch:
-        raise UserError(f"{len(calib)} calibration images for a model with a fixed batch of {batch}",
-                        f"give at least {batch} calibration images")
-    calib = calib[: len(calib) - len(calib) % batch]
+    n = len(next(iter(calib.values())))
+    if n < batch:
+        raise UserError(f"{n} calibration samples for a model with a fixed batch of {batch}",
+                        f"give at least {batch} calibration samples")
+    calib = {k: v[: n - n % batch] for k, v in calib.items()}
+    first = {k: v[:batch] for k, v in calib.items()}
     excluded = check_node_names(model, exclude_nodes)
     onnx_out = Path(onnx_out)
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
     fp16_note = "fp16 graph runs in ONNX Runtime CPU" if fp16_fallback else "fp32 requested"
     _run_modelopt(*args, precision)
     try:
-        cpu_session(str(onnx_out)).run(None, {INPUT_NAME: calib[:batch]})
+        cpu_session(str(onnx_out)).run(None, first)
     except Exception as e:  # noqa: BLE001 -- any ORT failure on the fp16 graph triggers the fp32 fallback
         if precision == "fp32":
             raise
@@ -104,7 +105,7 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
                      "TensorRT picks fp16 kernels through the FP16 builder flag")
         precision = "fp32"
         _run_modelopt(*args, precision)
-        cpu_session(str(onnx_out)).run(None, {INPUT_NAME: calib[:batch]})
+        cpu_session(str(onnx_out)).run(None, first)
 
     quantized = onnx.load(str(onnx_out))
     qdq = qdq_nodes(quantized)
@@ -120,7 +121,7 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
         "fp16_fallback": fp16_fallback,
         "fp16_note": fp16_note,
         "calibration_eps": ["cpu"],
-        "n_calibration": len(calib),
+        "n_calibration": len(next(iter(calib.values()))),
         "excluded": excluded,
         **qdq_summary(quantized),
         "zero_point_dtypes": sorted({str(z.dtype) for z in zero_points}),

@@ -9,7 +9,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pipeline.backends import base
-from pipeline.backends.tflite.convert import INSTALL_FIX, METADATA_NAME, convert_float, convert_int8  # noqa: F401
+from pipeline.backends.tflite.convert import INSTALL_FIX, METADATA_NAME, _ordered, convert_float, convert_int8  # noqa: F401
+from pipeline.data.inputs import Inputs
 from pipeline.errors import UserError
 
 
@@ -29,7 +30,8 @@ def available() -> tuple[bool, str]:
 
 
 class Runner(base.Runner):
-    """Runs a .tflite on the LiteRT CPU interpreter (XNNPACK delegate) with torch-side NCHW input."""
+    """Runs a .tflite on the LiteRT CPU interpreter (XNNPACK delegate) with torch-side inputs: NCHW images
+    (transposed to NHWC when the file says so), int ids (cast to the file's int32), quantized where int8."""
 
     def __init__(self, path: Path, threads: int = 2):
         path = Path(path)
@@ -41,14 +43,15 @@ class Runner(base.Runner):
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise UserError(f"cannot load TFLite model {path}: {e}", "re-create it with the compile stage (--force)") from None
-        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][0] != 1:
-            raise UserError(f"{path}: expected one batch-1 4-D image input and one output, found inputs "
+        inputs, outputs = _ordered(self._interpreter.get_input_details()), self._interpreter.get_output_details()
+        if len(outputs) != 1 or any(d["shape"][0] != 1 for d in inputs if len(d["shape"])):
+            raise UserError(f"{path}: expected batch-1 inputs and one output, found inputs "
                             f"{[list(d['shape']) for d in inputs]} and {len(outputs)} outputs",
-                            "convert a single-input classifier at batch 1")
-        self._in, self._out = inputs[0], outputs[0]
+                            "convert the model at batch 1 with one output")
+        self._ins, self._out = inputs, outputs[0]
+        self._in = inputs[0]
         shape = tuple(int(d) for d in self._in["shape"])
-        self.layout: str = layout_from_file(path) or _guess_layout(shape)
+        self.layout: str = (layout_from_file(path) or _guess_layout(shape)) if len(shape) == 4 else "NCHW"
         self.input_shape: tuple = shape if self.layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
         self.io_dtype: str = np.dtype(self._in["dtype"]).name
         self.input_name: str = self._in["name"]
@@ -59,41 +62,55 @@ class Runner(base.Runner):
         def entry(d: dict) -> dict:
             scale, zero_point = d["quantization"]
             e = {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
-            return e | ({"scale": float(scale), "zero_point": int(zero_point)} if np.dtype(d["dtype"]).kind in "iu" else {})
-        return {"inputs": [entry(self._in) | {"layout": self.layout}], "outputs": [entry(self._out)]}
+            return e | ({"scale": float(scale), "zero_point": int(zero_point)}
+                        if np.dtype(d["dtype"]).kind in "iu" and scale else {})
+        return {"inputs": [entry(d) | {"layout": self.layout if len(d["shape"]) == 4 else None} for d in self._ins],
+                "outputs": [entry(self._out)]}
 
-    def prepare(self, x: np.ndarray) -> np.ndarray:
-        """Float32 NCHW batch -> the model's input tensors: NHWC if the model wants it, quantized if int8."""
+    def _arrays(self, x) -> list[np.ndarray]:
+        arrays = list(x.values()) if isinstance(x, (Inputs, dict)) else [x]
+        if len(arrays) != len(self._ins):
+            raise UserError(f"{len(arrays)} inputs for a model with {len(self._ins)}", "pass every model input")
+        return arrays
+
+    def _prepare_one(self, x: np.ndarray, detail: dict, image: bool) -> np.ndarray:
+        dtype = np.dtype(detail["dtype"])
+        if x.dtype.kind in "iu":
+            return np.ascontiguousarray(x, dtype=dtype)
         x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1:] != self.input_shape[1:] or len(x) == 0:
-            raise UserError(f"input batch has shape {x.shape}, the model takes (N, {', '.join(map(str, self.input_shape[1:]))})",
-                            "pass normalized float32 NCHW images of the model's input size")
-        if self.layout == "NHWC":
+        want = tuple(int(d) for d in detail["shape"][1:])
+        if image and self.layout == "NHWC":
             x = x.transpose(0, 2, 3, 1)
-        dtype = np.dtype(self._in["dtype"])
+        if x.shape[1:] != want or len(x) == 0:
+            raise UserError(f"input batch has shape {x.shape}, the model takes (N, {', '.join(map(str, want))})",
+                            "pass normalized inputs of the model's input size (NCHW images)")
         if dtype.kind in "iu":
-            scale, zero_point = self._in["quantization"]
+            scale, zero_point = detail["quantization"]
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
         return np.ascontiguousarray(x)
 
-    def run_raw(self, x: np.ndarray) -> np.ndarray:
-        """One invoke on one prepared batch-1 input; returns the raw output tensor (int8 stays int8)."""
-        self._interpreter.set_tensor(self._in["index"], x)
+    def prepare(self, x) -> list[np.ndarray]:
+        """Normalized inputs -> the model's input tensors (all samples): NHWC, int32 or quantized as the file wants."""
+        return [self._prepare_one(a, d, i == 0 and len(d["shape"]) == 4)
+                for i, (a, d) in enumerate(zip(self._arrays(x), self._ins))]
+
+    def run_raw(self, x: list[np.ndarray]) -> np.ndarray:
+        """One invoke on prepared batch-1 inputs; returns the raw output tensor (int8 stays int8)."""
+        for a, d in zip(x, self._ins):
+            self._interpreter.set_tensor(d["index"], a[:1])
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._out["index"])
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Float32 NCHW batch (N >= 1) -> float32 outputs (N, ...), dequantized if the output is integer."""
+    def run(self, x) -> np.ndarray:
+        """Normalized inputs (N >= 1) -> float32 outputs (N, ...), dequantized if the output is integer."""
         prepared = self.prepare(x)
-        raw = np.concatenate([self.run_raw(prepared[i:i + 1]) for i in range(len(prepared))])
+        raw = np.concatenate([self.run_raw([a[i:i + 1] for a in prepared]) for i in range(len(prepared[0]))])
         if np.dtype(self._out["dtype"]).kind in "iu":
             scale, zero_point = self._out["quantization"]
             return ((raw.astype(np.float32) - zero_point) * scale).astype(np.float32)
         return raw.astype(np.float32)
 
-
-# --- runtime helpers ------------------------------------------------------------------------------
 
 def _interpreter_class() -> tuple[type, Callable[[Path], str | None]]:
     """The interpreter class and a reader of our layout metadata (ai-edge-litert; tflite-runtime as fallback)."""
@@ -156,7 +173,7 @@ class LiteRT(base.Engine):
             raise UserError(f"target '{t.name}' (TFLite) needs a torch model, got {job.model_name}",
                             "pass FILE.py:FACTORY or MODEL.pt2, or pick an onnxruntime/tensorrt target")
         with torch.no_grad():
-            reference = np.concatenate([job.source(torch.from_numpy(job.held_x[i:i + 256])).numpy()
+            reference = np.concatenate([job.held_x[i:i + 256].call(job.source).numpy()
                                         for i in range(0, len(job.held_x), 256)])
 
         def convert(float_layers: Sequence[str], path: Path = job.dest) -> dict:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from pipeline.data.inputs import Inputs
 from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
 
@@ -43,25 +44,28 @@ INSTALL_FIX = "pip install -r requirements.txt (ai-edge-litert, litert-torch)"
 _ACT_EPS = 2 ** -12  # the smallest activation scale litert-torch's own config allows
 
 
-def convert_float(model: torch.nn.Module, example: torch.Tensor, out_path: Path, layout: str = "NHWC") -> dict:
-    """Write an FP32 .tflite of `model` (switched to eval mode) traced at `example[:1]`; returns its meta."""
+def convert_float(model: torch.nn.Module, example, out_path: Path, layout: str = "NHWC") -> dict:
+    """Write an FP32 .tflite of `model` (switched to eval mode) traced at `example` (one normalized sample:
+    Inputs or an NCHW tensor); returns its meta."""
     litert_torch = _import_litert_torch()
     t0 = time.perf_counter()
     example = _check_example(example)
-    module, args = _with_layout(model, example, _check_choice("layout", layout, LAYOUTS))
+    layout = _layout_for(example, _check_choice("layout", layout, LAYOUTS))
+    module, args = _with_layout(model, example, layout)
     with _conversion_errors():
-        content = litert_torch.convert(module, (args,)).model_content()
+        content = litert_torch.convert(module, args).model_content()
     _write(content, Path(out_path), layout, float_io=False)
-    meta = {"precision": "fp32", "io_dtype": "float32", "layout": layout}
+    meta = {"precision": "fp32", "io_dtype": "float32", "layout": layout, **_int_note(example)}
     return meta | _describe(Path(out_path)) | {"convert_s": round(time.perf_counter() - t0, 2)}
 
 
-def convert_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, out_path: Path,
+def convert_int8(model: torch.nn.Module, example, calib, out_path: Path,
                  io_dtype: str = "int8", method: str = "minmax", float_layers: Sequence[str] = (),
                  layout: str = "NHWC", per_channel: bool = True) -> dict:
     """Write a full-integer INT8 .tflite of `model` (switched to eval mode), calibrated on `calib`.
 
-    `calib`: normalized float32 NCHW images shaped like `example`, fed CALIB_BATCH at a time.
+    `calib`: normalized inputs shaped like `example` (Inputs, or one NCHW array), fed CALIB_BATCH at a
+    time; integer inputs (token ids, masks) become int32 model inputs and are never quantized.
     `io_dtype`: "int8" (quantized model input/output, what a phone wants) or "float32" (float I/O,
     QUANTIZE/DEQUANTIZE ops inside). `method` picks the activation observer (minmax | percentile |
     entropy; meta["method_note"] says what was used); weights are symmetric int8 from their min/max,
@@ -80,6 +84,7 @@ def convert_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarra
     _check_choice("method", method, METHODS)
     _check_choice("layout", layout, LAYOUTS)
     calib = _check_calib(calib, example)
+    layout = _layout_for(example, layout)
     float_layers = list(float_layers)
     unknown = sorted(set(float_layers) - {name for name, _ in model.named_modules() if name})
     if unknown:
@@ -87,23 +92,22 @@ def convert_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarra
                         "use names from model.named_modules(), e.g. 'fc' or 'layers.3.conv2'")
 
     module, args = _with_layout(model, example, layout)
-    prefix = "model." if layout == "NHWC" else ""  # module paths inside the NHWC wrapper
+    prefix = "model."  # module paths inside our input wrapper
     quantizer, method_note = _quantizer(method, [prefix + name for name in float_layers], per_channel)
     with _conversion_errors():
         graph, batch = _export_for_calibration(module, args)
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
             for i in range(0, len(calib), batch):
-                x = torch.from_numpy(calib[i:i + batch])
-                prepared(x.permute(0, 2, 3, 1) if layout == "NHWC" else x)
+                prepared(*_module_args(calib[i:i + batch], layout))
         converted = convert_pt2e(prepared, fold_quantize=False)
         # Exported from an eval-mode model already; exported GraphModules refuse .eval(), and the flag
         # only silences litert-torch's "converted in training mode" warning.
         converted.training = False
-        edge_model = litert_torch.convert(converted, (args,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        edge_model = litert_torch.convert(converted, args, quant_config=QuantConfig(pt2e_quantizer=quantizer))
         content = edge_model.model_content()
     _write(content, Path(out_path), layout, float_io=io_dtype == "float32")
-    meta = {
+    meta = {**_int_note(example),
         "precision": "int8", "io_dtype": io_dtype, "layout": layout, "method": method,
         "method_note": method_note,
         "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver, quant range -127..127)" if per_channel
@@ -117,17 +121,6 @@ def convert_int8(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarra
 
 
 # --- conversion helpers ---------------------------------------------------------------------------
-
-class _NHWCInput(torch.nn.Module):
-    """Takes NHWC images and hands the wrapped NCHW model NCHW ones."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.permute(0, 3, 1, 2))
-
 
 def _import_litert_torch() -> Any:
     try:
@@ -155,47 +148,99 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _check_example(example: torch.Tensor) -> torch.Tensor:
-    if not isinstance(example, torch.Tensor) or example.ndim != 4 or not example.is_floating_point():
-        got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
-        raise UserError(f"the TFLite converter needs a float NCHW example input, got {got}",
-                        "pass a (1, C, H, W) float32 tensor")
-    return example[:1].detach().float().contiguous()
+
+def _check_example(example) -> Inputs:
+    """One normalized sample as Inputs (an NCHW float tensor is a single image input)."""
+    if isinstance(example, torch.Tensor):
+        if example.ndim != 4 or not example.is_floating_point():
+            raise UserError(f"the TFLite converter needs a float NCHW example input, got {tuple(example.shape)}",
+                            "pass a (1, C, H, W) float32 tensor, or Inputs for a model with named inputs")
+        return Inputs.of(example[:1].detach().float().contiguous().numpy())
+    if not isinstance(example, Inputs):
+        raise UserError(f"the TFLite converter got an example of type {type(example).__name__}",
+                        "pass normalized Inputs (or an NCHW tensor)")
+    return example[:1]
 
 
-def _check_calib(calib: np.ndarray, example: torch.Tensor) -> np.ndarray:
-    calib = np.asarray(calib)
-    if calib.ndim != 4 or calib.shape[1:] != tuple(example.shape[1:]) or len(calib) == 0:
-        raise UserError(f"calibration set has shape {calib.shape}, the model takes (N, {', '.join(map(str, example.shape[1:]))})",
-                        "pass at least one normalized image of the model's input size")
-    if calib.dtype.kind != "f":
-        raise UserError(f"calibration images are {calib.dtype}, not normalized float",
-                        "normalize them first (Dataset.normalize) so they match what the model sees")
-    if not np.isfinite(calib).all():
-        raise UserError("calibration images contain NaN or inf", "check the calibration set and its normalization")
-    return np.ascontiguousarray(calib, dtype=np.float32)
+def _check_calib(calib, example: Inputs) -> Inputs:
+    calib = Inputs.of(calib) if not isinstance(calib, Inputs) else calib
+    if len(calib.names) == 1 and len(example.names) == 1:
+        calib = Inputs({example.names[0]: calib.single}, example.positional)
+    if calib.names != example.names:
+        raise UserError(f"calibration inputs {calib.names} differ from the model's {example.names}",
+                        "calibrate with one array per model input")
+    for k in example:
+        c, e = calib[k], example[k]
+        if c.shape[1:] != e.shape[1:] or len(c) == 0:
+            raise UserError(f"calibration set '{k}' has shape {c.shape}, the model takes (N, {', '.join(map(str, e.shape[1:]))})",
+                            "pass at least one normalized sample of the model's input size")
+        if e.dtype.kind == "f" and c.dtype.kind != "f":
+            raise UserError(f"calibration inputs '{k}' are {c.dtype}, not normalized float",
+                            "normalize them first (Dataset.normalize) so they match what the model sees")
+        if c.dtype.kind == "f" and not np.isfinite(c).all():
+            raise UserError("calibration images contain NaN or inf", "check the calibration set and its normalization")
+    return calib
 
 
-def _with_layout(model: torch.nn.Module, example: torch.Tensor, layout: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The module to convert and its example input, for the requested .tflite input layout."""
+def _layout_for(example: Inputs, layout: str) -> str:
+    """NHWC only for a model whose one input is a float image; anything else keeps the model's layout."""
+    single = len(example.names) == 1 and example.single.ndim == 4 and example.single.dtype.kind == "f"
+    return layout if single else "NCHW"
+
+
+def _int_note(example: Inputs) -> dict:
+    ints = [k for k in example if example[k].dtype.kind in "iu"]
+    return {"int_inputs": {k: "int32 (int64 in torch; cast inside the model)" for k in ints}} if ints else {}
+
+
+class _Inputs32(torch.nn.Module):
+    """Takes NHWC images (layout NHWC) and int32 ids; hands the wrapped model NCHW images and int64 ids."""
+
+    def __init__(self, model: torch.nn.Module, nhwc: bool, ints: tuple[bool, ...]):
+        super().__init__()
+        self.model, self.nhwc, self.ints = model, nhwc, ints
+
+    def forward(self, *x: torch.Tensor) -> torch.Tensor:
+        args = [a.long() if is_int else a for a, is_int in zip(x, self.ints)]
+        if self.nhwc:
+            args[0] = args[0].permute(0, 3, 1, 2)
+        return self.model(*args)
+
+
+def _module_args(x: Inputs, layout: str) -> tuple:
+    """Model-side tensors of Inputs as the converted module takes them (NHWC image, int32 ids)."""
+    args = []
+    for a in x.values():
+        if a.dtype.kind in "iu":
+            args.append(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32)))
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+            args.append(t.permute(0, 2, 3, 1).contiguous() if layout == "NHWC" else t)
+    return tuple(args)
+
+
+def _with_layout(model: torch.nn.Module, example: Inputs, layout: str) -> tuple[torch.nn.Module, tuple]:
+    """The module to convert and its example arguments, for the requested .tflite input layout."""
     model.eval()
-    if layout == "NHWC":
-        return _NHWCInput(model).eval(), example.permute(0, 2, 3, 1).contiguous()
-    return model, example
+    ints = tuple(a.dtype.kind in "iu" for a in example.values())
+    # Always wrapped: the model's own modules then sit under "model." (a top-level module named like a
+    # GraphModule attribute, e.g. `meta`, would otherwise break the PT2E re-export).
+    return _Inputs32(model, layout == "NHWC", ints).eval(), _module_args(example, layout)
 
 
-def _export_for_calibration(module: torch.nn.Module, example: torch.Tensor) -> tuple[torch.fx.GraphModule, int]:
+def _export_for_calibration(module: torch.nn.Module, args: tuple) -> tuple[torch.fx.GraphModule, int]:
     """torch.export with a dynamic batch, so calibration runs CALIB_BATCH images per call.
 
     A model whose code pins the batch size cannot be exported that way; it is exported at batch 1 and
     calibrated one image at a time (same result, slower). The conversion itself re-traces at batch 1.
     """
     try:
-        program = torch.export.export(module, (torch.cat([example, example]),),
-                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(module, tuple(torch.cat([a, a]) for a in args),
+                                      dynamic_shapes=tuple({0: batch} for _ in args))
         return program.module(), CALIB_BATCH
     except Exception:  # noqa: BLE001 -- torch raises several types for a batch it had to specialize
-        return torch.export.export(module, (example,)).module(), 1
+        return torch.export.export(module, args).module(), 1
 
 
 def _quantizer(method: str, float_paths: list[str], per_channel: bool = True) -> tuple[Any, str]:
@@ -343,6 +388,7 @@ def _describe(path: Path) -> dict:
     data = path.read_bytes()
     return {
         "input": _tensor_meta(interpreter.get_input_details()[0]),
+        "inputs": [_tensor_meta(d) for d in _ordered(interpreter.get_input_details())],
         "output": _tensor_meta(interpreter.get_output_details()[0]),
         "ops": dict(sorted(ops.items())),
         "ops_quantized": quantized_ops,
@@ -353,6 +399,16 @@ def _describe(path: Path) -> dict:
         "converter": f"litert-torch {_version('litert-torch')}",
         "versions": {p: _version(p) for p in ("litert-torch", "ai-edge-litert", "torch", "torchao")},
     }
+
+
+def _ordered(details: list[dict]) -> list[dict]:
+    """Input details in the model's argument order (litert-torch names them ...args_<i>...)."""
+    import re
+
+    def key(d: dict):
+        m = re.search(r"args_(\d+)", d["name"])
+        return (0, int(m.group(1))) if m else (1, d["index"])
+    return sorted(details, key=key)
 
 
 def _tensor_meta(detail: dict) -> dict:
