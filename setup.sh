@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up edge-compress on a fresh Debian machine with Python 3.11: the Fashion-MNIST data package,
+# Set up edge-compress on a fresh Debian machine with Python 3.11: the Fashion-MNIST and R modeldata
+# (small_fine_foods text) data packages,
 # a virtual environment at .venv, and the exact pinned requirements. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -8,6 +9,7 @@ command -v "$PY" >/dev/null || PY=python3
 
 need_apt=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+[ -f /usr/lib/R/site-library/modeldata/data/Rdata.rdb ] || need_apt+=(r-cran-modeldata)  # small_fine_foods reviews
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
