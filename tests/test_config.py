@@ -93,3 +93,43 @@ def test_apply_overrides_builds_nested_dicts(path, value):
     for p in path[:-1]:
         node = node[p]
     assert node[path[-1]] == value
+
+
+# ---------------------------------------------------------------- hostile config (issue 19)
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "/abs", ".hidden", "", "x" * 200, "a\\b", "a\x00b"])
+def test_target_names_that_would_be_paths_are_refused(tmp_path, name):
+    import json
+    (tmp_path / "t.toml").write_text(f'name = {json.dumps(name)}\nbackend = "onnxruntime"\n[device]\nname = "x"\n')
+    with pytest.raises(UserError, match="name"):
+        load_target(str(tmp_path / "t.toml"))
+
+
+def test_a_target_file_name_is_checked_too(tmp_path):
+    (tmp_path / "..bad.toml").write_text('backend = "onnxruntime"\n[device]\nname = "x"\n')
+    with pytest.raises(UserError, match="name"):
+        load_target(str(tmp_path / "..bad.toml"))
+
+
+def test_non_utf8_target_is_one_error(tmp_path):
+    (tmp_path / "t.toml").write_bytes(b'backend = "onnx\xff\xfe"\n[device]\nname = "x"\n')
+    with pytest.raises(UserError, match="UTF-8"):
+        load_target(str(tmp_path / "t.toml"))
+    with pytest.raises(UserError, match="UTF-8"):
+        build_run_config(str(tmp_path / "t.toml"), {}, [])
+
+
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e999"])
+def test_non_finite_settings_are_refused(value):
+    with pytest.raises(UserError, match="distill.epochs"):
+        build_run_config(None, {}, [f"distill.epochs={value}"])
+    with pytest.raises(UserError, match="distill.lr"):
+        build_run_config(None, {}, [f"distill.lr={value}"])
+    with pytest.raises(UserError, match="mean"):
+        build_run_config(None, {"mean": [float(value.replace("Infinity", "inf"))]}, [])
+
+
+def test_calibration_set_names_are_not_paths(tmp_path, fmnist):
+    from pipeline.compress import calibration
+    with pytest.raises(UserError, match="name"):
+        calibration.build(fmnist, 4, 0, "../../escaped", out_dir=tmp_path / "c")
+    assert not (tmp_path / "escaped.npy").exists() and not (tmp_path.parent / "escaped.npy").exists()

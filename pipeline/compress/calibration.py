@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import CALIBRATION_DIR, ROOT
+from pipeline.config import CALIBRATION_DIR, ROOT, check_name, slug
 from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
 
@@ -47,7 +47,7 @@ def build(ds, size: int, seed: int, name: str | None = None, out_dir: Path = CAL
         raise UserError(f"calibration size {size}", "ask for at least 1 sample (128 to 2048 is typical)")
     if size > len(ds.x_train):
         raise UserError(f"calibration size {size} exceeds the {len(ds.x_train)} training samples", "ask for fewer")
-    name = name or f"{ds.name}-{size}"
+    name = check_name(name or f"{slug(ds.name)}-{size}", "calibration set")
     idx = stratified_indices(ds.y_train, size, seed)
     x = np.ascontiguousarray(ds.x_train[idx])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def load(name_or_path: str, ds=None, input_shape: list[int] | None = None) -> tu
 def resolve(spec: str, ds, seed: int, input_shape: list[int]) -> tuple[np.ndarray, dict, Path]:
     """`auto`: the data's 512-sample set, built on first use. Otherwise the named set, verified."""
     if spec == "auto":
-        name = f"{ds.name}-512"
+        name = f"{slug(ds.name)}-512"
         npy, man = set_paths(name)
         if not man.exists():
             build(ds, min(512, len(ds.x_train)), seed, name)
