@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import checks
 from pipeline.errors import UserError
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -123,16 +124,16 @@ def load_npz(path: Path) -> Dataset:
         raise UserError(f"data file {path} lacks {', '.join(missing)}",
                         "save x_train, y_train, x_test, y_test with numpy.savez")
     for split in ("train", "test"):
-        _check_arrays(f"{path}: {split}", arrays[f"x_{split}"], arrays[f"y_{split}"])
+        checks.check_split(f"{path}: {split}", arrays[f"x_{split}"], arrays[f"y_{split}"])
+    checks.check_same_shape(str(path), arrays["x_train"], arrays["x_test"])
     y_all = np.concatenate([arrays["y_train"], arrays["y_test"]]).astype(np.int64)
     n_cls = int(y_all.max()) + 1
-    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else [str(i) for i in range(n_cls)]
+    classes = checks.class_names(arrays, y_all)
     if y_all.min() < 0 or n_cls > len(classes):
         raise UserError(f"data file {path}: labels span 0..{n_cls - 1} but {len(classes)} classes are named",
                         "labels must be 0..len(classes)-1")
     c = arrays["x_train"].shape[1]
-    mean = tuple(float(v) for v in arrays["mean"]) if "mean" in arrays else (0.5,) * c
-    std = tuple(float(v) for v in arrays["std"]) if "std" in arrays else (0.5,) * c
+    mean, std = checks.stats(arrays, "mean", c), checks.stats(arrays, "std", c)
     return Dataset(path.stem, arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
                    arrays["y_test"].astype(np.int64), classes, mean, std, source=str(path))
 
@@ -146,12 +147,12 @@ def load_image_dir(root: Path) -> Dataset:
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
     if not classes:
         raise UserError(f"{root}/train has no class folders", "lay images out as DIR/train/<class>/*.png and DIR/test/<class>/*.png")
+    mode = checks.image_mode(f for s in ("train", "test") for c in classes for f in sorted((root / s / c).glob("*.png")))
     for split in ("train", "test"):
         xs, ys = [], []
         for ci, cls in enumerate(classes):
             for f in sorted((root / split / cls).glob("*.png")):
-                img = np.asarray(Image.open(f))
-                xs.append(img[None] if img.ndim == 2 else img.transpose(2, 0, 1))
+                xs.append(checks.read_image(f, mode))
                 ys.append(ci)
         if not xs:
             raise UserError(f"{root}/{split} has no .png images", "lay images out as DIR/<split>/<class>/*.png")
@@ -159,6 +160,7 @@ def load_image_dir(root: Path) -> Dataset:
         if len(shapes) > 1:
             raise UserError(f"{root}/{split}: images differ in shape {sorted(shapes)[:3]}", "resize all images to one shape")
         splits[split] = (np.stack(xs).astype(np.uint8), np.asarray(ys, np.int64))
+    checks.check_same_shape(str(root), splits["train"][0], splits["test"][0])
     c = splits["train"][0].shape[1]
     return Dataset(root.name, *splits["train"], *splits["test"], classes, (0.5,) * c, (0.5,) * c, source=str(root))
 
@@ -180,4 +182,5 @@ def resolve_data(spec: str | None, mean=None, std=None) -> Dataset:
         ds.mean = tuple(mean)
     if std is not None:
         ds.std = tuple(std)
+    checks.check_stats(ds.mean, ds.std, ds.input_shape[0])
     return ds
