@@ -33,7 +33,7 @@ from pipeline.backends import onnxruntime as ort_backend
 from pipeline.config import PruneConfig
 from pipeline.errors import UserError
 from pipeline.latency import measure
-from pipeline.compress.distill import kd_loss
+from pipeline.compress.distill import check_finite_loss, check_finite_state, kd_loss
 from pipeline.runner import log
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -291,11 +291,14 @@ def short_kd(student: nn.Module, teacher: nn.Module, data: Batches, temperature:
         with torch.no_grad():
             t = teacher(xb)
         loss = kd_loss(student(xb), t, yb, temperature, alpha)
+        value = float(loss.detach())
+        check_finite_loss(value, len(losses) + 1, lr, "prune (short KD between steps)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(round(float(loss.detach()), 5))
+        losses.append(round(value, 5))
+    check_finite_state(student.state_dict(), "prune (short KD between steps)", lr)
     student.zero_grad(set_to_none=True)
     student.eval()
     return losses
