@@ -50,6 +50,7 @@ from __future__ import annotations
 from pipeline.errors import UserError
 
 SCHEMA_VERSION = "1.0"
+SUPPORTED_VERSIONS = (SCHEMA_VERSION,)   # what validate accepts: a report of another version is refused
 ARTIFACT_KEYS = ("name", "stage", "backend", "accuracy", "latency_p50_ms", "size_bytes")
 TOP_KEYS = ("schema_version", "created", "target", "stages", "artifacts", "targets")
 
@@ -59,6 +60,9 @@ def validate(report: dict) -> None:
     for k in TOP_KEYS:
         if k not in report:
             raise UserError(f"report lacks '{k}'", "regenerate it with this version of the tool")
+    if report["schema_version"] not in SUPPORTED_VERSIONS:
+        raise UserError(f"report schema_version {report['schema_version']!r} is not one this tool reads "
+                        f"({', '.join(SUPPORTED_VERSIONS)})", "regenerate the report with this version of the tool")
     if not isinstance(report["artifacts"], list):
         raise UserError("report 'artifacts' is not a list", "regenerate the report")
     for i, a in enumerate(report["artifacts"]):
