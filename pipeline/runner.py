@@ -370,14 +370,18 @@ def _publish_report(run_dir: Path) -> None:
 
 
 def _distill_worker(ctx: Context, stages: list[Stage]) -> None:
-    """A rank other than 0: wait for rank 0 to reach distill, take part if it runs, then return."""
-    import tempfile
-
+    """A rank other than 0: wait for rank 0 to reach distill, take part if it runs, then return. Its scratch
+    folder is inside the run folder (removed before and after: a killed worker leaves nothing elsewhere)."""
     from pipeline import distributed
     try:
         if distributed.broadcast(None):
             stage = next(s for s in stages if s.name == "distill")
-            with tempfile.TemporaryDirectory() as scratch:
-                stage.run(ctx, Path(scratch))
+            scratch = ctx.run_dir / f".distill-rank{distributed.rank()}.tmp"
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(parents=True)
+            try:
+                stage.run(ctx, scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     finally:
         distributed.shutdown()

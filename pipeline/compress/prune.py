@@ -209,9 +209,11 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Set
     return m.eval()
 
 
-def onnx_latency_ms(model: nn.Module, example: torch.Tensor, threads: int, runs: int) -> dict:
-    """Export to ONNX and time it in ONNX Runtime FP32 (p50 ms and the run facts)."""
-    with tempfile.TemporaryDirectory() as tmp:
+def onnx_latency_ms(model: nn.Module, example: torch.Tensor, threads: int, runs: int,
+                    scratch: Optional[Path] = None) -> dict:
+    """Export to ONNX and time it in ONNX Runtime FP32 (p50 ms and the run facts). The export goes to a
+    folder under `scratch` (the stage's own folder: a killed run leaves nothing in the system temp folder)."""
+    with tempfile.TemporaryDirectory(prefix=".latency-", dir=scratch) as tmp:
         path = Path(tmp) / "candidate.onnx"
         ort_backend.export_onnx(model, example, path)
         runner = ort_backend.Runner(path, threads=threads)
@@ -316,7 +318,8 @@ class KDSettings:
 
 def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, setup: Setup,
                     threads: int = 2, kd: Optional[KDSettings] = None,
-                    latency: Optional[Callable[[nn.Module], dict]] = None) -> tuple[nn.Module, dict]:
+                    latency: Optional[Callable[[nn.Module], dict]] = None,
+                    scratch: Optional[Path] = None) -> tuple[nn.Module, dict]:
     """Prune `model` to the budget of `cfg`, in `cfg.iterative_steps` steps (KD between them when `kd`).
 
     `latency(model) -> {"p50_ms", ...}` is the cost of the latency budget: by default the model exported
@@ -332,7 +335,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, s
     base_latency = None
     if latency is None:
         def latency(m: nn.Module) -> dict:
-            return onnx_latency_ms(m, example, threads, cfg.latency_runs)
+            return onnx_latency_ms(m, example, threads, cfg.latency_runs, scratch)
     if cfg.budget == "latency":
         if cfg.latency_ms is None:
             raise UserError("prune.budget is 'latency' but prune.latency_ms is not set",
