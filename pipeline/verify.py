@@ -4,8 +4,10 @@ BUNDLE is a run's `handoff/` folder, one target's sub-folder, or `handoff.tar.gz
 temporary folder; members with absolute paths, `..`, links or device files are refused). For every
 target folder (one holding a `manifest.json`):
 
-- files: each sha256 listed in the manifest matches (a changed or missing file fails, named); a file
-  the manifest does not list is reported (it may be what a device build wrote, e.g. model.plan);
+- files: every path the manifest names stays inside the bundle (no absolute path, `..` or link) and
+  each listed sha256 matches (a changed or missing file fails, named); a file the manifest does not
+  list fails, except what a device build writes (model.plan), which is noted; a malformed manifest is a
+  usage error; a tarball that would expand past MAX_FILE_BYTES / MAX_BUNDLE_BYTES is refused unextracted;
 - outputs: the deliverable is loaded with its runtime (ONNX -> onnxruntime, .tflite -> LiteRT; a
   TensorRT target's QDQ ONNX, the host proxy the golden outputs came from, in onnxruntime) and its
   outputs for `golden.npz` are compared with the expected ones within the manifest's tolerances
