@@ -5,11 +5,12 @@ Unknown keys are errors with the key named; CLI flags and `--set KEY=VALUE` over
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import UserError
 
@@ -18,8 +19,27 @@ TARGETS_DIR = ROOT / "targets"
 CALIBRATION_DIR = ROOT / "calibration"
 
 
+# Names that become file or folder names (targets, calibration sets): one plain path component.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` if it is safe as one path component (no separators, `..`, leading dot), else a UserError."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"{what} name {name!r} cannot be used as a folder name",
+                        "use letters, digits, '.', '_', '+' or '-' (at most 64, no '..', not starting with '.')")
+    return name
+
+
+def slug(text: str) -> str:
+    """A safe name made from free text (a data folder's name): unsafe characters become '-'."""
+    s = re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip(".-")[:64].replace("..", "-")
+    return s or "data"
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: Infinity / NaN (TOML `inf`, --set x=Infinity, 1e999) is never a valid setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     def cache_key(self) -> dict:
         """Every setting of this section that can change a stage's outputs: all of them, except those
@@ -74,10 +94,21 @@ class Target(Strict):
     tensorrt: Optional[TensorRTOptions] = None
     source: str = ""  # where the profile came from (relative path); filled by load_target
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_path_component(cls, v: str) -> str:
+        if not SAFE_NAME.fullmatch(v) or ".." in v:
+            raise ValueError("must be letters, digits, '.', '_', '+' or '-' (at most 64, no '..', no leading "
+                             "'.'): it names the stage folders")
+        return v
+
 
 def _toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path.name} is not UTF-8 text (byte {e.start}): TOML files are UTF-8",
+                        "save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path.name} is not valid TOML: {e}", "fix the syntax at the position named") from None
     except OSError as e:

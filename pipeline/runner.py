@@ -100,7 +100,14 @@ class Context:
         p = self.run_dir / name / STAGE_RECORD
         if not p.exists():
             raise UserError(f"stage '{name}' has not finished in {self.run_dir}", "run the stages before it first")
-        return read_json(p)
+        try:
+            rec = read_json(p)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            rec = None
+        if not isinstance(rec, dict) or not isinstance(rec.get("outputs"), dict) or \
+                not isinstance(rec.get("metrics"), dict):
+            raise UserError(f"the record {p} is damaged", "run the same command again (the stage is re-run)")
+        return rec
 
     def artifact(self, stage: str, filename: str) -> Path:
         p = self.run_dir / stage / filename
@@ -173,14 +180,52 @@ class Stage:
         return {name: getattr(ctx.config, name).cache_key() for name in self.config_sections}
 
 
+def record_hash(rec: dict) -> str:
+    """sha256 of a record as stored, without its own `record_sha256`: a hand-edited stage.json shows."""
+    body = json.loads(json.dumps({k: v for k, v in rec.items() if k != "record_sha256"}, default=str))
+    return sha256_json(body)
+
+
+def file_stats(p: Path) -> list[int]:
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def outputs_intact(folder: Path, rec: dict) -> bool:
+    """Every output the record lists is there with its recorded sha256: checked by size and mtime first,
+    re-hashed only when those differ; nothing else but stage.json in the folder."""
+    outputs, stats = rec.get("outputs"), rec.get("files")
+    if not isinstance(outputs, dict) or not isinstance(stats, dict) or set(stats) != set(outputs):
+        return False
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {STAGE_RECORD}
+    if on_disk != set(outputs):
+        return False
+    for name, sha in outputs.items():
+        p = folder / name
+        if p.is_symlink() or not p.is_file():
+            return False
+        now = file_stats(p)
+        if now == stats[name]:
+            continue
+        if now[0] != (stats[name] or [None])[0] or sha256_file(p) != sha:
+            return False
+    return True
+
+
 def cached_record(stage: Stage, ctx: Context, fingerprint: Optional[str] = None) -> Optional[dict]:
-    """The stage's finished record if its fingerprint still matches, else None."""
+    """The stage's finished record if its fingerprint still matches, the record is as the run wrote it
+    and its outputs still have their recorded sha256; else None (re-run). Never raises on a damaged record."""
+    folder = ctx.stage_dir(stage.name)
     try:
-        rec = read_json(ctx.stage_dir(stage.name) / STAGE_RECORD)
-    except (OSError, json.JSONDecodeError):
+        rec = read_json(folder / STAGE_RECORD)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(rec, dict) or rec.get("status") != "done" or rec.get("record_sha256") != record_hash(rec):
         return None
     fp = fingerprint or stage.fingerprint(ctx)
-    return rec if rec.get("status") == "done" and rec.get("fingerprint") == fp else None
+    if rec.get("fingerprint") != fp or not isinstance(rec.get("metrics"), dict) or not outputs_intact(folder, rec):
+        return None
+    return rec
 
 
 def run_stage(stage: Stage, ctx: Context, force: bool = False) -> dict:
@@ -209,8 +254,8 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> dict:
     except Exception as e:   # noqa: BLE001 -- any other failure: one line naming the stage (--debug: traceback)
         shutil.rmtree(tmp, ignore_errors=True)
         raise StageFailed(stage.name, e) from e
-    outputs = {str(p.relative_to(tmp)): sha256_file(p)
-               for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != STAGE_RECORD}
+    files = [p for p in sorted(tmp.rglob("*")) if p.is_file() and p.relative_to(tmp).as_posix() != STAGE_RECORD]
+    outputs = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in files}
     rec = {
         "stage": stage.name,
         "status": "done",
@@ -220,10 +265,12 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> dict:
         "inputs": {name: ctx.record(name)["outputs"] for name in stage.inputs},
         "config": stage.config_slice(ctx),
         "outputs": outputs,
+        "files": {p.relative_to(tmp).as_posix(): file_stats(p) for p in files},   # [size, mtime_ns]
         "started": started,
         "wall_s": round(time.monotonic() - t0, 3),
         "metrics": metrics,
     }
+    rec["record_sha256"] = record_hash(rec)
     write_json(tmp / STAGE_RECORD, rec)
     old = ctx.run_dir / f".{stage.name}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -352,14 +399,18 @@ def _publish_report(run_dir: Path) -> None:
 
 
 def _distill_worker(ctx: Context, stages: list[Stage]) -> None:
-    """A rank other than 0: wait for rank 0 to reach distill, take part if it runs, then return."""
-    import tempfile
-
+    """A rank other than 0: wait for rank 0 to reach distill, take part if it runs, then return. Its scratch
+    folder is inside the run folder (removed before and after: a killed worker leaves nothing elsewhere)."""
     from pipeline import distributed
     try:
         if distributed.broadcast(None):
             stage = next(s for s in stages if s.name == "distill")
-            with tempfile.TemporaryDirectory() as scratch:
-                stage.run(ctx, Path(scratch))
+            scratch = ctx.run_dir / f".distill-rank{distributed.rank()}.tmp"
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(parents=True)
+            try:
+                stage.run(ctx, scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     finally:
         distributed.shutdown()

@@ -4,8 +4,10 @@ BUNDLE is a run's `handoff/` folder, one target's sub-folder, or `handoff.tar.gz
 temporary folder; members with absolute paths, `..`, links or device files are refused). For every
 target folder (one holding a `manifest.json`):
 
-- files: each sha256 listed in the manifest matches (a changed or missing file fails, named); a file
-  the manifest does not list is reported (it may be what a device build wrote, e.g. model.plan);
+- files: every path the manifest names stays inside the bundle (no absolute path, `..` or link) and
+  each listed sha256 matches (a changed or missing file fails, named); a file the manifest does not
+  list fails, except what a device build writes (model.plan), which is noted; a malformed manifest is a
+  usage error; a tarball that would expand past MAX_FILE_BYTES / MAX_BUNDLE_BYTES is refused unextracted;
 - outputs: the deliverable is loaded with its runtime (ONNX -> onnxruntime, .tflite -> LiteRT; a
   TensorRT target's QDQ ONNX, the host proxy the golden outputs came from, in onnxruntime) and its
   outputs for `golden.npz` are compared with the expected ones within the manifest's tolerances
@@ -45,6 +47,11 @@ PACKAGING = ("stage.json", "handoff.tar.gz")        # the handoff stage's own re
 ABSOLUTE_PATH = re.compile(rb"(?<![\w.~-])(/home/|/root/|/tmp/|/work/|/Users/|/private/var/|/var/folders/|/mnt/|"
                            rb"[A-Za-z]:\\Users\\)")
 TOOLCHAIN_KEYS = ("python", "edge-compress")
+DEVICE_BUILT = ("model.plan",)                      # what a device build writes into the bundle: noted, not failed
+# A real bundle is a few MB; a tarball is refused, before anything is extracted, past these sizes.
+MAX_FILE_BYTES = 512 << 20
+MAX_BUNDLE_BYTES = 1 << 30
+MAX_MEMBERS = 10_000
 
 
 @dataclass
@@ -93,6 +100,7 @@ def safe_extract(tar_path: Path, dest: Path) -> None:
     try:
         with tarfile.open(tar_path, "r:*") as tar:
             members = tar.getmembers()
+            check_sizes(tar_path, members)
             for m in members:
                 if m.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", m.name) or ".." in PurePosixPath(m.name).parts:
                     raise UserError(f"{tar_path} has an unsafe member path '{m.name}' (absolute or with ..)",
@@ -103,6 +111,21 @@ def safe_extract(tar_path: Path, dest: Path) -> None:
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise UserError(f"cannot read {tar_path} as a .tar.gz ({e})", "pass an intact handoff.tar.gz") from None
+
+
+def check_sizes(tar_path: Path, members: list) -> None:
+    """Refuse a tarball whose members (sizes from their headers) would expand past the caps."""
+    fix = "do not use this archive; ask for the bundle again"
+    if len(members) > MAX_MEMBERS:
+        raise UserError(f"{tar_path} has {len(members)} members (at most {MAX_MEMBERS})", fix)
+    for m in members:
+        if m.size > MAX_FILE_BYTES:
+            raise UserError(f"{tar_path}: member '{m.name}' would expand to {m.size / 2**20:.0f} MB "
+                            f"(at most {MAX_FILE_BYTES / 2**20:.0f} MB per file)", fix)
+    total = sum(m.size for m in members)
+    if total > MAX_BUNDLE_BYTES:
+        raise UserError(f"{tar_path} would expand to {total / 2**20:.0f} MB in all "
+                        f"(at most {MAX_BUNDLE_BYTES / 2**20:.0f} MB)", fix)
 
 
 @contextlib.contextmanager
@@ -137,19 +160,80 @@ def target_dirs(root: Path) -> list[Path]:
 def read_manifest(tdir: Path) -> dict:
     try:
         m = json.loads((tdir / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {tdir / MANIFEST}: {e}", "ask for the bundle again") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"cannot read {tdir / MANIFEST}: {str(e)[:200]}", "ask for the bundle again") from None
+    if not isinstance(m, dict):
+        raise UserError(f"{tdir / MANIFEST} is not a JSON object", "ask for the bundle again")
     for k in ("target", "backend", "deliverable", "files", "golden"):
         if k not in m:
             raise UserError(f"{tdir / MANIFEST} lacks '{k}'", "regenerate the bundle with this version of the tool")
+    check_manifest_types(tdir / MANIFEST, m)
     return m
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def check_manifest_types(where: Path, m: dict) -> None:
+    """The manifest fields verify reads have the types it reads them as (one UserError naming the field)."""
+    fix = "ask for the bundle again, or regenerate it with this version of the tool"
+    for k in ("target", "backend", "deliverable"):
+        if not isinstance(m[k], str) or not m[k]:
+            raise UserError(f"{where}: '{k}' is {m[k]!r}, not a name", fix)
+    files = m["files"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise UserError(f"{where}: 'files' is not an object of file name -> sha256 ({type(files).__name__})", fix)
+    gold = m["golden"]
+    if not isinstance(gold, dict):
+        raise UserError(f"{where}: 'golden' is a {type(gold).__name__}, not an object", fix)
+    if not isinstance(gold.get("file"), str):
+        raise UserError(f"{where}: 'golden' lacks a 'file' name", fix)
+    for k in ("max_abs", "min_argmax_agreement"):
+        if not _number(gold.get(k)):
+            raise UserError(f"{where}: golden '{k}' is {gold.get(k)!r}, not a finite number", fix)
+    if m.get("toolchain") is not None and not isinstance(m["toolchain"], dict):
+        raise UserError(f"{where}: 'toolchain' is a {type(m['toolchain']).__name__}, not an object", fix)
+
+
+def inside(tdir: Path, name: str) -> bool:
+    """True when `name` (as a manifest writes it) is a relative path that stays inside tdir, with no link
+    on the way: a manifest can never make verify read or vouch for a file outside the bundle."""
+    parts = PurePosixPath(name).parts
+    if not name or "\x00" in name or "\\" in name or PurePosixPath(name).is_absolute() or ".." in parts \
+            or re.match(r"^[A-Za-z]:", name):
+        return False
+    p, base = tdir, tdir.resolve()
+    for part in parts:
+        p = p / part
+        if p.is_symlink():
+            return False
+    return p.resolve().is_relative_to(base)
+
+
+def check_paths(tdir: Path, manifest: dict, res: TargetResult) -> dict:
+    """The listed files whose paths stay inside the bundle (failures name the others), and a failure when
+    the deliverable or the golden file is not listed (it would go unchecked)."""
+    safe = {}
+    for name, want in manifest["files"].items():
+        if inside(tdir, name):
+            safe[name] = want
+        else:
+            res.failures.append(f"path outside the bundle (or through a link) in manifest.json: {name!r}")
+    for what, name in (("deliverable", manifest["deliverable"]), ("golden file", manifest["golden"]["file"])):
+        if not inside(tdir, name):
+            res.failures.append(f"{what} path outside the bundle (or through a link): {name!r}")
+        elif name not in manifest["files"]:
+            res.failures.append(f"{what} {name} is not listed in the manifest's files (its sha256 is unchecked)")
+    return safe
 
 
 # ---------------------------------------------------------------- checks
 def check_files(tdir: Path, manifest: dict, res: TargetResult) -> None:
-    """Every listed sha256 matches; unlisted files are reported as warnings."""
+    """Every listed path stays inside the bundle and its sha256 matches; a file the manifest does not list
+    fails (a device build's engine is noted); links are refused."""
     res.files_listed = len(manifest["files"])
-    for name, want in manifest["files"].items():
+    for name, want in check_paths(tdir, manifest, res).items():
         p = tdir / name
         if not p.is_file():
             res.failures.append(f"missing file: {name}")
@@ -160,8 +244,12 @@ def check_files(tdir: Path, manifest: dict, res: TargetResult) -> None:
     listed = set(manifest["files"]) | set(UNLISTED_OK)
     for p in sorted(tdir.rglob("*")):
         rel = p.relative_to(tdir).as_posix()
-        if p.is_file() and rel not in listed:
-            res.warnings.append(f"extra file not in the manifest: {rel}")
+        if p.is_symlink():
+            res.failures.append(f"link in the bundle: {rel}")
+        elif p.is_file() and rel in DEVICE_BUILT and rel not in listed:
+            res.warnings.append(f"built on the device, not in the manifest: {rel}")
+        elif p.is_file() and rel not in listed:
+            res.failures.append(f"extra file not in the manifest: {rel}")
     lock = manifest.get("toolchain") or {}
     missing = [k for k in TOOLCHAIN_KEYS if not lock.get(k)]
     if not lock or missing:
@@ -172,7 +260,7 @@ def absolute_paths(root: Path) -> list[str]:
     """'file: /home/...' for every file under root that contains an absolute path of a build machine."""
     found = []
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name == "handoff.tar.gz":
+        if p.is_symlink() or not p.is_file() or p.name == "handoff.tar.gz":
             continue
         m = ABSOLUTE_PATH.search(p.read_bytes())
         if m:
@@ -246,7 +334,7 @@ def verify(path: Path, threads: int = 2, runs: int = 100) -> BundleResult:
         base = root if tdirs == [root] else tdirs[0].parent
         if tdirs != [root]:
             known = {d.name for d in tdirs} | set(PACKAGING)
-            result.warnings += [f"extra item beside the target folders: {p.name}"
+            result.failures += [f"extra item beside the target folders (not in any manifest): {p.name}"
                                 for p in sorted(base.iterdir()) if p.name not in known]
         result.failures += [f"absolute path in {hit}" for hit in absolute_paths(base)]
     result.wall_s = time.monotonic() - t0

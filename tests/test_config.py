@@ -93,3 +93,69 @@ def test_apply_overrides_builds_nested_dicts(path, value):
     for p in path[:-1]:
         node = node[p]
     assert node[path[-1]] == value
+
+
+# ---------------------------------------------------------------- hostile config (issue 19)
+@pytest.mark.parametrize("name", ["../../../x", "a/b", "/abs", ".hidden", "", "x" * 200, "a\\b", "a\x00b"])
+def test_target_names_that_would_be_paths_are_refused(tmp_path, name):
+    import json
+    (tmp_path / "t.toml").write_text(f'name = {json.dumps(name)}\nbackend = "onnxruntime"\n[device]\nname = "x"\n')
+    with pytest.raises(UserError, match="name"):
+        load_target(str(tmp_path / "t.toml"))
+
+
+def test_a_target_file_name_is_checked_too(tmp_path):
+    (tmp_path / "..bad.toml").write_text('backend = "onnxruntime"\n[device]\nname = "x"\n')
+    with pytest.raises(UserError, match="name"):
+        load_target(str(tmp_path / "..bad.toml"))
+
+
+def test_non_utf8_target_is_one_error(tmp_path):
+    (tmp_path / "t.toml").write_bytes(b'backend = "onnx\xff\xfe"\n[device]\nname = "x"\n')
+    with pytest.raises(UserError, match="UTF-8"):
+        load_target(str(tmp_path / "t.toml"))
+    with pytest.raises(UserError, match="UTF-8"):
+        build_run_config(str(tmp_path / "t.toml"), {}, [])
+
+
+@pytest.mark.parametrize("value", ["Infinity", "-Infinity", "NaN", "1e999"])
+def test_non_finite_settings_are_refused(value):
+    with pytest.raises(UserError, match="distill.epochs"):
+        build_run_config(None, {}, [f"distill.epochs={value}"])
+    with pytest.raises(UserError, match="distill.lr"):
+        build_run_config(None, {}, [f"distill.lr={value}"])
+    with pytest.raises(UserError, match="mean"):
+        build_run_config(None, {"mean": [float(value.replace("Infinity", "inf"))]}, [])
+
+
+def test_calibration_set_names_are_not_paths(tmp_path, fmnist):
+    from pipeline.compress import calibration
+    with pytest.raises(UserError, match="name"):
+        calibration.build(fmnist, 4, 0, "../../escaped", out_dir=tmp_path / "c")
+    assert not (tmp_path / "escaped.npy").exists() and not (tmp_path.parent / "escaped.npy").exists()
+
+
+TOML_VALUES = st.one_of(st.text(max_size=20).map(lambda s: __import__("json").dumps(s)),
+                        st.integers(-10**20, 10**20).map(str), st.sampled_from(["inf", "nan", "-inf", "1e999", "true",
+                                                                             "[1, 2]", "{a = 1}", '"../../../x"']))
+TOML_KEYS = st.sampled_from(["name", "backend", "precision", "round_to", "threads", "input_shape", "budgets",
+                             "device", "tensorrt", "calibration_method", "zzz"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=st.one_of(
+    st.lists(st.tuples(TOML_KEYS, TOML_VALUES), max_size=6).map(
+        lambda kv: "\n".join(f"{k} = {v}" for k, v in kv) + '\n[device]\nname = "d"\n'),
+    st.binary(max_size=60),
+    st.sampled_from(['backend = "onnxruntime"\nname = "ok"\n[device]\nname = "d"\n'])))
+def test_fuzz_target_tomls_never_traceback_nor_write_outside(tmp_path_factory, body):
+    from pipeline.cli import main
+    root = tmp_path_factory.mktemp("toml")
+    t = root / "in" / "t.toml"
+    t.parent.mkdir()
+    t.write_bytes(body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body)
+    outside_before = sorted(p.name for p in root.parent.iterdir())
+    rc = main(["run", "--target", str(t), "--model", str(root / "missing.onnx"), "--out", str(root / "run")])
+    assert rc in (0, 1, 2)
+    assert sorted(p.name for p in root.parent.iterdir()) == outside_before
+    assert {p.relative_to(root).as_posix() for p in root.rglob("*")} <= {"in", "in/t.toml", "run"}

@@ -94,3 +94,68 @@ def test_second_run_on_same_folder_refuses(tmp_path):
         p.join()
     with RunLock(tmp_path):
         pass
+
+
+# ---------------------------------------------------------------- a record describes the files beside it
+@pytest.mark.parametrize("damage", ["replace", "delete", "append", "same-size", "edit-metrics", "no-outputs",
+                                    "outputs-list", "not-json", "no-file-stats"])
+def test_damaged_stage_is_rerun_never_reused(ctx, damage):
+    import json
+    import os
+    a = Writer("a", payload="abc")
+    run_stage(a, ctx)
+    out, rec_path = ctx.run_dir / "a" / "out.txt", ctx.run_dir / "a" / "stage.json"
+    rec = json.loads(rec_path.read_text())
+    if damage == "replace":
+        out.write_text("another model")
+    elif damage == "delete":
+        out.unlink()
+    elif damage == "append":
+        with open(out, "a") as f:
+            f.write("x")
+    elif damage == "same-size":      # same size, mtime put back: only the hash can tell
+        st = out.stat()
+        out.write_text("xyz")
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif damage == "edit-metrics":
+        rec["metrics"]["n"] = 99
+    elif damage == "no-outputs":
+        del rec["outputs"]
+    elif damage == "outputs-list":
+        rec["outputs"] = ["out.txt"]
+    elif damage == "no-file-stats":
+        rec.pop("files", None)
+        rec["metrics"]["n"] = 98
+    if damage in ("edit-metrics", "no-outputs", "outputs-list", "no-file-stats"):
+        rec_path.write_text(json.dumps(rec))
+    elif damage == "not-json":
+        rec_path.write_text("{")
+    rec2 = run_stage(a, ctx)
+    if damage == "same-size":
+        assert a.calls == 1 and ctx.statuses["a"] == "cached"   # size and mtime agree: not re-hashed (cheap)
+        return
+    assert a.calls == 2 and ctx.statuses["a"] == "ran", damage
+    assert out.read_text() == "abc" and rec2["metrics"] == {"n": 3}
+
+
+def test_changed_mtime_rehashes_and_reuses_an_identical_file(ctx):
+    import os
+    a = Writer("a")
+    run_stage(a, ctx)
+    out = ctx.run_dir / "a" / "out.txt"
+    os.utime(out, (1, 1))
+    run_stage(a, ctx)
+    assert a.calls == 1 and ctx.statuses["a"] == "cached"
+    out.write_text("b")
+    os.utime(out, (2, 2))
+    run_stage(a, ctx)
+    assert a.calls == 2
+
+
+def test_a_later_stage_reruns_after_an_earlier_damaged_one(ctx):
+    a, b = Writer("a"), Writer("b", ["a"])
+    run_stage(a, ctx), run_stage(b, ctx)
+    (ctx.run_dir / "a" / "stage.json").write_text('{"status": "done"}')
+    a2, b2 = Writer("a"), Writer("b", ["a"])
+    run_stage(a2, ctx), run_stage(b2, ctx)
+    assert a2.calls == 1 and b2.calls == 0   # a re-ran to the same outputs: b's inputs are unchanged

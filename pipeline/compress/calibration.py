@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import CALIBRATION_DIR, ROOT
+from pipeline.config import CALIBRATION_DIR, ROOT, check_name, slug
 from pipeline.data.inputs import Inputs
 from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
@@ -48,7 +48,7 @@ def build(ds, size: int, seed: int, name: str | None = None, out_dir: Path = CAL
         raise UserError(f"calibration size {size}", "ask for at least 1 sample (128 to 2048 is typical)")
     if size > len(ds.x_train):
         raise UserError(f"calibration size {size} exceeds the {len(ds.x_train)} training samples", "ask for fewer")
-    name = name or f"{ds.name}-{size}"
+    name = check_name(name or f"{slug(ds.name)}-{size}", "calibration set")
     labels = ds.y_train.dtype.kind in "iu" and ds.y_train.ndim == 1
     idx = (stratified_indices(ds.y_train, size, seed) if labels else
            np.sort(np.random.default_rng(seed).choice(len(ds.x_train), size, replace=False)))
@@ -134,7 +134,7 @@ def resolve(spec: str, ds, seed: int, input_shape: list[int], scratch: Path | No
     use in `scratch` (the run folder's calibration/; the repository's when no scratch is given). Otherwise
     the named set, verified."""
     if spec == "auto":
-        name = f"{ds.name}-512"
+        name = f"{slug(ds.name)}-512"
         _, man = set_paths(name)
         if not man.exists():
             where = scratch or CALIBRATION_DIR

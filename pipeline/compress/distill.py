@@ -48,6 +48,21 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return Classification().distill_loss(student_logits, teacher_logits, labels, temperature, alpha)
 
 
+def check_finite_loss(value: float, step: int, lr: float, where: str) -> None:
+    """Stop training whose loss became NaN or infinite: one line naming the step and the lr."""
+    if not math.isfinite(value):
+        raise UserError(f"{where}: the loss became non-finite ({value}) at step {step}: training diverged",
+                        f"lower distill.lr (now {lr:g}) and run the same command again")
+
+
+def check_finite_state(state: dict, where: str, lr: float) -> None:
+    """Stop a stage whose trained weights hold NaN or infinity (it must never end 'done')."""
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in state.values() if t.is_floating_point())
+    if bad:
+        raise UserError(f"{where}: {bad} trained weight(s) are non-finite (NaN or infinity)",
+                        f"lower distill.lr (now {lr:g}) and run the same command again")
+
+
 def split_train_val(n: int, val_fraction: float, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_fraction))
@@ -297,12 +312,14 @@ def distill(teacher: nn.Module, student: nn.Module, example, ds, cfg, seed: int,
                 f_loss = feature_loss(s_feats, tf)
                 loss = loss + cfg.feature_weight * f_loss
                 state["feature_losses"].append(round(float(f_loss.detach()), 5))
+            value = float(loss.detach())
+            check_finite_loss(value, state["step"] + 1, cfg.lr, "distill")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             state["step"] += 1
-            state["losses"].append(round(float(loss.detach()), 5))
+            state["losses"].append(round(value, 5))
             if prog:
                 seen += len(b)
                 correct += len(b) * task.score(logits.detach().float().cpu().numpy(), yb.cpu().numpy())
@@ -335,6 +352,7 @@ def distill(teacher: nn.Module, student: nn.Module, example, ds, cfg, seed: int,
         t_live.remove()
     if rank != 0:
         return None
+    check_finite_state(state["best_state"], "distill", cfg.lr)
     student.to("cpu").load_state_dict(state["best_state"])
     student.eval()
     return state | {"resumed_from": resumed_from, "stopped_early": stopped_early, "steps_per_epoch": steps_per_epoch,

@@ -33,7 +33,7 @@ from pipeline.backends import onnxruntime as ort_backend
 from pipeline.config import PruneConfig
 from pipeline.errors import UserError
 from pipeline.latency import measure
-from pipeline.compress.distill import kd_loss
+from pipeline.compress.distill import check_finite_loss, check_finite_state, kd_loss
 from pipeline.runner import log
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -261,9 +261,10 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Set
     return m.eval()
 
 
-def onnx_latency_ms(model: nn.Module, example, threads: int, runs: int) -> dict:
-    """Export to ONNX and time it in ONNX Runtime FP32 (p50 ms and the run facts)."""
-    with tempfile.TemporaryDirectory() as tmp:
+def onnx_latency_ms(model: nn.Module, example, threads: int, runs: int, scratch: Optional[Path] = None) -> dict:
+    """Export to ONNX and time it in ONNX Runtime FP32 (p50 ms and the run facts). The export goes to a
+    folder under `scratch` (the stage's own folder: a killed run leaves nothing in the system temp folder)."""
+    with tempfile.TemporaryDirectory(prefix=".latency-", dir=scratch) as tmp:
         path = Path(tmp) / "candidate.onnx"
         ort_backend.export_onnx(model, example, path)
         runner = ort_backend.Runner(path, threads=threads)
@@ -343,11 +344,14 @@ def short_kd(student: nn.Module, teacher: nn.Module, data: Batches, temperature:
         with torch.no_grad():
             t = teacher(*models.as_args(xb))
         loss = (loss_fn or kd_loss)(student(*models.as_args(xb)), t, yb, temperature, alpha)
+        value = float(loss.detach())
+        check_finite_loss(value, len(losses) + 1, lr, "prune (short KD between steps)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(round(float(loss.detach()), 5))
+        losses.append(round(value, 5))
+    check_finite_state(student.state_dict(), "prune (short KD between steps)", lr)
     student.zero_grad(set_to_none=True)
     student.eval()
     return losses
@@ -366,7 +370,8 @@ class KDSettings:
 
 def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, setup: Setup,
                     threads: int = 2, kd: Optional[KDSettings] = None,
-                    latency: Optional[Callable[[nn.Module], dict]] = None) -> tuple[nn.Module, dict]:
+                    latency: Optional[Callable[[nn.Module], dict]] = None,
+                    scratch: Optional[Path] = None) -> tuple[nn.Module, dict]:
     """Prune `model` to the budget of `cfg`, in `cfg.iterative_steps` steps (KD between them when `kd`).
 
     `latency(model) -> {"p50_ms", ...}` is the cost of the latency budget: by default the model exported
@@ -382,7 +387,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, s
     base_latency = None
     if latency is None:
         def latency(m: nn.Module) -> dict:
-            return onnx_latency_ms(m, example, threads, cfg.latency_runs)
+            return onnx_latency_ms(m, example, threads, cfg.latency_runs, scratch)
     if cfg.budget == "latency":
         if cfg.latency_ms is None:
             raise UserError("prune.budget is 'latency' but prune.latency_ms is not set",

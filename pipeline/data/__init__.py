@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import checks
 from pipeline.data.inputs import InputSpec, Inputs, kind_of
 from pipeline.errors import UserError
 
@@ -173,21 +174,26 @@ def load_npz(path: Path, task=None) -> Dataset:
         if len(y[split]) != len(x[split]):
             raise UserError(f"{path}: {len(y[split])} targets for {len(x[split])} {split} samples",
                             "give one target per sample")
+        for k, v in x[split].items():
+            if kind_of(v) == "image":
+                checks.check_images(f"{path}: {k}_{split}" if not x[split].positional else f"{path}: {split}", v)
+            elif v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise UserError(f"{path}: {k}_{split} holds NaN or infinite values", "replace or drop those samples")
+    for k in x["train"]:
+        checks.check_same_shape(f"{path}: {k}", x["train"][k], x["test"][k])
     classes: list[str] = []
-    if "classes" in arrays:
-        classes = [str(c) for c in arrays["classes"]]
-    elif y["train"].dtype.kind in "iu":
-        classes = [str(i) for i in range(int(max(y["train"].max(), y["test"].max())) + 1)]
-    if y["train"].dtype.kind in "iu" and classes:
-        top = int(max(y["train"].max(), y["test"].max()))
-        if top >= len(classes):
-            raise UserError(f"data file {path}: labels span 0..{top} but {len(classes)} classes are named",
+    if y["train"].dtype.kind in "iu":
+        y_all = np.concatenate([y["train"], y["test"]])
+        classes = checks.class_names(arrays, y_all)
+        if int(y_all.max()) >= len(classes):
+            raise UserError(f"data file {path}: labels span 0..{int(y_all.max())} but {len(classes)} classes are named",
                             "labels must be 0..len(classes)-1")
     images = [s for s in Dataset("probe", x["test"][:1], y["test"][:1], x["test"][:1], y["test"][:1], [], (), ()).specs
               if s.kind == "image"]
     c = images[0].shape[0] if images else 1
-    mean = tuple(float(v) for v in arrays["mean"]) if "mean" in arrays else (0.5,) * c
-    std = tuple(float(v) for v in arrays["std"]) if "std" in arrays else (0.5,) * c
+    mean, std = checks.stats(arrays, "mean", c), checks.stats(arrays, "std", c)
+    if images:
+        checks.check_stats(mean, std, c)
     return Dataset(path.stem, x["train"], y["train"], x["test"], y["test"], classes, mean, std, source=str(path))
 
 
@@ -200,12 +206,12 @@ def load_image_dir(root: Path) -> Dataset:
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
     if not classes:
         raise UserError(f"{root}/train has no class folders", "lay images out as DIR/train/<class>/*.png and DIR/test/<class>/*.png")
+    mode = checks.image_mode(f for s in ("train", "test") for c in classes for f in sorted((root / s / c).glob("*.png")))
     for split in ("train", "test"):
         xs, ys = [], []
         for ci, cls in enumerate(classes):
             for f in sorted((root / split / cls).glob("*.png")):
-                img = np.asarray(Image.open(f))
-                xs.append(img[None] if img.ndim == 2 else img.transpose(2, 0, 1))
+                xs.append(checks.read_image(f, mode))
                 ys.append(ci)
         if not xs:
             raise UserError(f"{root}/{split} has no .png images", "lay images out as DIR/<split>/<class>/*.png")
@@ -213,6 +219,7 @@ def load_image_dir(root: Path) -> Dataset:
         if len(shapes) > 1:
             raise UserError(f"{root}/{split}: images differ in shape {sorted(shapes)[:3]}", "resize all images to one shape")
         splits[split] = (np.stack(xs).astype(np.uint8), np.asarray(ys, np.int64))
+    checks.check_same_shape(str(root), splits["train"][0], splits["test"][0])
     c = splits["train"][0].shape[1]
     return Dataset(root.name, *splits["train"], *splits["test"], classes, (0.5,) * c, (0.5,) * c, source=str(root))
 
@@ -234,4 +241,7 @@ def resolve_data(spec: str | None, mean=None, std=None, task=None) -> Dataset:
         ds.mean = tuple(mean)
     if std is not None:
         ds.std = tuple(std)
+    images = [i for i in ds.specs if i.kind == "image"]
+    if images:
+        checks.check_stats(ds.mean, ds.std, images[0].shape[0])
     return ds

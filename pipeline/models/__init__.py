@@ -10,9 +10,14 @@ and `model.onnx` (FP32).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import logging
+import pickle
+import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -37,6 +42,7 @@ class ModelSpec:
     path: Path
     factory: Optional[str] = None
     weights: Optional[Path] = None
+    trusted: bool = False     # --trust-model: a .pt2 archive may unpickle (run code) when loaded
 
     @property
     def label(self) -> str:
@@ -60,7 +66,7 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
             raise UserError(f"model file not found: {spec}", "check the path")
         if weights:
             raise UserError(f"--weights does not apply to {p.suffix} models", "drop --weights; the archive holds them")
-        return ModelSpec("pt2" if p.suffix == ".pt2" else "onnx", p)
+        return ModelSpec("pt2" if p.suffix == ".pt2" else "onnx", p, trusted=trust)
     if ":" in spec:
         file, factory = spec.rsplit(":", 1)
         p = Path(file)
@@ -69,16 +75,103 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
         if not p.is_file():
             raise UserError(f"model file not found: {file}", "check the path")
         check_trusted(p, trust)
-        return ModelSpec("factory", p, factory, Path(weights) if weights else None)
+        return ModelSpec("factory", p, factory, Path(weights) if weights else None, trusted=trust)
     raise UserError(f"cannot tell what model '{spec}' is",
                     "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx or 'default'")
 
 
+def repo_code(path: Path) -> bool:
+    """True for the repository's own files: inside it, not in a hidden folder, not in runs/ (what runs
+    write) and not in any other folder git ignores (downloads, virtualenvs)."""
+    p = path.resolve()
+    if not p.is_relative_to(ROOT):
+        return False
+    parts = p.relative_to(ROOT).parts
+    if parts[0] == "runs" or any(part.startswith(".") for part in parts[:-1]):
+        return False
+    try:
+        ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", str(p)], capture_output=True,
+                                 timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ignored = False   # no git here: the folder rules above still hold
+    return not ignored
+
+
+class _PickleRefused(Exception):
+    """Raised inside torch's loader in place of unpickling (not a RuntimeError: torch would swallow that)."""
+
+
+@contextlib.contextmanager
+def _no_unpickling(refused: list):
+    """While torch.export.load runs: every torch.load is weights-only and Python / TorchScript object
+    pickles are refused, noting each refusal in `refused`."""
+    from torch.export.pt2_archive import _package
+    real_load = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return real_load(*args, **kwargs)
+        except pickle.UnpicklingError:
+            refused.append("a pickle that is not plain tensors")
+            raise
+
+    def refuse(*args, **kwargs):
+        refused.append("a pickled Python object")
+        raise _PickleRefused("pickled object")
+
+    class _Pickle:   # what _package sees as `pickle` while loading
+        loads = staticmethod(refuse)
+        dumps = staticmethod(pickle.dumps)
+        HIGHEST_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+    saved = [(torch, "load", torch.load), (_package, "pickle", _package.pickle),
+             (torch._C, "_pickle_load_obj", torch._C._pickle_load_obj)]
+    torch.load, _package.pickle, torch._C._pickle_load_obj = weights_only_load, _Pickle, refuse
+    try:
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
+@contextlib.contextmanager
+def _quiet_torch():
+    """Mute torch.export's logged tracebacks and warnings: a failed load is reported as one line."""
+    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def load_pt2(path: Path, trusted: bool = False) -> nn.Module:
+    """A torch.export archive as a module. Untrusted archives are loaded without unpickling anything;
+    one that needs to (pickled constants, weights, sample inputs or custom objects) is refused."""
+    refused: list = []
+    try:
+        with _quiet_torch(), (contextlib.nullcontext() if trusted else _no_unpickling(refused)):
+            return torch.export.load(str(path)).module()
+    except Exception as e:  # noqa: BLE001 -- any failure of torch's loader is a bad archive
+        if refused:
+            raise UserError(f"torch.export archive {path} holds {refused[0]}, which loading would unpickle "
+                            f"(that can run code)", "pass --trust-model if you trust the file, or re-export "
+                            "it with plain tensor constants") from None
+        raise UserError(f"cannot load torch.export archive {path}: {e.__class__.__name__}",
+                        "pass an archive written by torch.export.save") from None
+
+
 def check_trusted(path: Path, trust: bool) -> None:
-    """Python code from outside this repository runs only with --trust-model."""
-    if not path.resolve().is_relative_to(ROOT) and not trust:
-        raise UserError(f"{path} is Python code from outside this repository",
-                        "pass --trust-model if you trust it (it will be executed)")
+    """Python code runs only with --trust-model unless it is the repository's own (see repo_code)."""
+    if not repo_code(path) and not trust:
+        raise UserError(f"{path} is Python code from outside this repository (or in a folder git ignores, "
+                        f"such as runs/)", "pass --trust-model if you trust it (it will be executed)")
 
 
 def import_user_attr(path: Path, attr: str, trust: bool, what: str = "model file"):
@@ -96,6 +189,9 @@ def import_user_attr(path: Path, attr: str, trust: bool, what: str = "model file
         mod = importlib.util.module_from_spec(ispec)
         try:
             ispec.loader.exec_module(mod)
+        except SystemExit as e:
+            raise UserError(f"importing {path} called sys.exit({e.code!r})",
+                            f"do not exit at import time in a {what}") from None
         except Exception as e:  # noqa: BLE001 -- user code: any failure is the user's to fix
             raise UserError(f"importing {path} failed: {e.__class__.__name__}: {e}",
                             f"fix the {what} (run it with python to see the traceback, or pass --debug)") from e
@@ -130,16 +226,15 @@ def load_state_dict_file(path: Path) -> dict:
 def build(spec: ModelSpec) -> nn.Module:
     """Instantiate the model of a spec with its weights, in eval mode."""
     if spec.kind == "pt2":
-        try:
-            return torch.export.load(str(spec.path)).module()
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"cannot load torch.export archive {spec.path}: {e.__class__.__name__}",
-                            "pass an archive written by torch.export.save") from None
+        return load_pt2(spec.path, spec.trusted)
     if spec.kind != "factory":
         raise UserError(f"{spec.path.name} is not a torch model", "prune and distill need FILE.py:FACTORY or .pt2")
     fn = _import_factory(spec)
     try:
         model = fn()
+    except SystemExit as e:
+        raise UserError(f"factory {spec.factory}() called sys.exit({e.code!r})",
+                        "return an nn.Module instead of exiting") from None
     except Exception as e:  # noqa: BLE001
         raise UserError(f"factory {spec.factory}() raised {e.__class__.__name__}: {e}", "fix the factory") from e
     if not isinstance(model, nn.Module):
@@ -213,9 +308,9 @@ def rebuild(model: nn.Module, saved: dict) -> nn.Module:
 def load_model(spec: ModelSpec, path: Path) -> nn.Module:
     """Load a stage's model.pt onto the spec's architecture (pt2 models: the archive next to it)."""
     if spec.kind == "pt2":
-        return torch.export.load(str(path.with_suffix(".pt2"))).module()
+        return load_pt2(path.with_suffix(".pt2"), spec.trusted)
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    fresh = build(ModelSpec(spec.kind, spec.path, spec.factory, None))
+    fresh = build(ModelSpec(spec.kind, spec.path, spec.factory, None, spec.trusted))
     return rebuild(fresh, saved)
 
 

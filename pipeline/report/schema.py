@@ -55,7 +55,8 @@ from __future__ import annotations
 from pipeline.errors import UserError
 
 SCHEMA_VERSION = "1.1"
-SCHEMA_VERSIONS = ("1.0", "1.1")     # what gate and report read
+# What validate accepts (1.0: before task/metric, read as top-1 accuracy); another version is refused.
+SUPPORTED_VERSIONS = ("1.0", SCHEMA_VERSION)
 ARTIFACT_KEYS = ("name", "stage", "backend", "accuracy", "latency_p50_ms", "size_bytes")
 TOP_KEYS = ("schema_version", "created", "target", "stages", "artifacts", "targets")
 
@@ -65,6 +66,9 @@ def validate(report: dict) -> None:
     for k in TOP_KEYS:
         if k not in report:
             raise UserError(f"report lacks '{k}'", "regenerate it with this version of the tool")
+    if report["schema_version"] not in SUPPORTED_VERSIONS:
+        raise UserError(f"report schema_version {report['schema_version']!r} is not one this tool reads "
+                        f"({', '.join(SUPPORTED_VERSIONS)})", "regenerate the report with this version of the tool")
     if not isinstance(report["artifacts"], list):
         raise UserError("report 'artifacts' is not a list", "regenerate the report")
     for i, a in enumerate(report["artifacts"]):

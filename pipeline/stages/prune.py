@@ -48,7 +48,7 @@ class PruneStage(Stage):
             kd = KDSettings(calibration_batches(ds, seed + 1, cfg.step_kd_batches * d.batch_size, d.batch_size),
                             d.temperature, d.alpha, loss_fn=ctx.task.distill_loss)
         threads = min(t.threads for t in ctx.targets)
-        student, search_record = prune_to_budget(teacher, example, cfg, setup, threads, kd)
+        student, search_record = prune_to_budget(teacher, example, cfg, setup, threads, kd, scratch=out)
         check_pruned(teacher, student, example)
         macs, params = models.count_macs(student, example), models.count_params(student)
         models.save_model(student, out / "model.pt")

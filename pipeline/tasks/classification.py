@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
+from pipeline.data import checks
 from pipeline.errors import UserError
 from pipeline.tasks.base import Metric, Task
-
-MAX_CLASSES = 100_000      # more distinct labels than this is not a classification dataset (or a typo)
 
 
 class Classification(Task):
@@ -15,27 +14,10 @@ class Classification(Task):
     metrics = (Metric("top1", True, "fraction"), Metric("top5", True, "fraction"))
 
     def read_targets(self, y: np.ndarray, split: str, where: str) -> np.ndarray:
+        """One integer class index per sample (pipeline/data/checks.py: scalar, text, float, one-hot,
+        negative and absurdly large labels each get their own message)."""
         y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] > 1 and np.isin(y, (0, 1)).all() and (y.sum(1) == 1).all():
-            raise UserError(f"{where}: y_{split} is one-hot {list(y.shape)}",
-                            "store class indices (y.argmax(1)) as integer labels 0..K-1")
-        if y.ndim != 1:
-            raise UserError(f"{where}: y_{split} has shape {list(y.shape)}; classification wants one integer label "
-                            "per sample", "store (N,) integer labels, or pass --task regression for vector targets")
-        if y.dtype.kind == "f":
-            if np.isfinite(y).all() and np.all(y == np.round(y)):
-                y = y.astype(np.int64)
-            else:
-                raise UserError(f"{where}: y_{split} holds non-integer floats (e.g. {float(y[~(y == np.round(y))][:1][0]) if np.isfinite(y).all() else 'NaN/inf'})",
-                                "classification wants integer labels 0..K-1; pass --task regression for real targets")
-        if y.dtype.kind not in "iub":
-            raise UserError(f"{where}: y_{split} is {y.dtype}, not integer labels",
-                            "store labels as integers 0..K-1 (and the names in `classes`)")
-        if len(y) and y.min() < 0:
-            raise UserError(f"{where}: y_{split} has negative labels (min {int(y.min())})", "labels must be 0..K-1")
-        if len(y) and y.max() >= MAX_CLASSES:
-            raise UserError(f"{where}: y_{split} has label {int(y.max())}, more than {MAX_CLASSES} classes",
-                            "labels must be 0..K-1 class indices")
+        checks.check_labels(f"{where}: y_{split}", y, len(y) if y.ndim else 1)
         return y.astype(np.int64)
 
     def check_outputs(self, outputs: np.ndarray, ds) -> None:

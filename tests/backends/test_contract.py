@@ -17,6 +17,7 @@ from pipeline import backends
 from pipeline.backends import base
 from pipeline.backends.onnxruntime import export_onnx
 from pipeline.config import load_target
+from pipeline.data.inputs import Inputs
 
 ENGINES = list(backends.BACKENDS)
 TARGET_OF = {"onnxruntime": "x86-cpu", "tflite": "android", "tensorrt": "jetson"}
@@ -83,8 +84,9 @@ def tiny(tmp_path_factory):
     example = torch.randn(1, 1, 12, 12)
     export_onnx(model, example, d / "float.onnx")
     rng = np.random.default_rng(0)
-    return {"model": model, "example": example, "dir": d, "calib": rng.standard_normal((32, 1, 12, 12)).astype(np.float32),
-            "held": rng.standard_normal((8, 1, 12, 12)).astype(np.float32)}
+    return {"model": model, "example": Inputs.of(example.numpy()), "dir": d,
+            "calib": Inputs.of(rng.standard_normal((32, 1, 12, 12)).astype(np.float32)),
+            "held": Inputs.of(rng.standard_normal((8, 1, 12, 12)).astype(np.float32))}
 
 
 @pytest.mark.parametrize("name", [n for n in ENGINES if backends.get(n).host_runtime == n])

@@ -119,10 +119,10 @@ def test_inputs_that_do_not_match_forward_are_refused(made, run_cli, tmp_path):
 
 @pytest.mark.parametrize("y, message", [
     (np.eye(3)[np.arange(10) % 3], "one-hot"),
-    (np.linspace(0, 1, 10), "non-integer floats"),
-    (-np.ones(10, np.int64), "negative labels"),
+    (np.linspace(0, 1, 10), "not integer class indices"),
+    (-np.ones(10, np.int64), "is negative"),
     (np.full(10, 10 ** 12), "more than"),
-    (np.array(["a"] * 10), "not integer labels"),
+    (np.array(["a"] * 10), "text"),
 ])
 def test_classification_labels_get_their_own_message(y, message):
     with pytest.raises(UserError, match=message):

@@ -365,3 +365,16 @@ def test_several_targets_need_target_flag(pair):
     assert "--target" in e.value.fix
     res = gate.gate(cand, base, target="jetson", rounds=0)
     assert res.target == "jetson" and res.exit_code == 0
+
+
+@pytest.mark.parametrize("version", [0, "9.9", "2.0", None, 1.0, "", "1.0.0.0"])
+def test_unknown_schema_version_is_refused(tmp_path, version):
+    """gate must not pass a report it cannot read correctly: an unknown schema_version is a usage error."""
+    rep = json.loads((Path(__file__).resolve().parents[2] / "reports" / "baselines" / "jetson.json").read_text())
+    rep["schema_version"] = version
+    (tmp_path / "r.json").write_text(json.dumps(rep))
+    with pytest.raises(UserError, match="schema_version"):
+        gate.load_report(tmp_path / "r.json", "candidate")
+    rep["schema_version"] = schema.SCHEMA_VERSION
+    (tmp_path / "r.json").write_text(json.dumps(rep))
+    gate.load_report(tmp_path / "r.json", "candidate")
