@@ -87,7 +87,7 @@ def main() -> None:
 
     ds = load_fashion_mnist()
     teacher = models.build(models.parse_spec("default"))
-    example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
+    example = torch.from_numpy(np.asarray(ds.normalize(ds.x_test[:1])))
     teacher_macs = models.count_macs(teacher, example)
     x_cal, _ = calibration.load("fashion-mnist-512", ds, [1, 1, 28, 28])
     calib = ds.normalize(x_cal)

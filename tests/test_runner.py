@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import RunConfig, load_target
 from pipeline.errors import UserError
-from pipeline.runner import Context, RunLock, Stage, read_json, run_stage
+from pipeline.runner import Context, RunLock, Stage, StageFailed, read_json, run_stage
 
 
 class Writer(Stage):
@@ -56,11 +56,11 @@ def test_change_reruns_that_stage_and_those_after(ctx):
 def test_failure_leaves_no_stage_folder_and_keeps_the_previous(ctx):
     run_stage(Writer("a"), ctx)
     before = (ctx.run_dir / "a" / "stage.json").read_text()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StageFailed, match="stage a failed: RuntimeError: boom"):   # one line, exit 1
         run_stage(Writer("a", payload="new", fail=True), ctx)
     assert (ctx.run_dir / "a" / "stage.json").read_text() == before
     assert not list(ctx.run_dir.glob(".a.*"))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StageFailed):
         run_stage(Writer("fresh", fail=True), ctx)
     assert not (ctx.run_dir / "fresh").exists()
 

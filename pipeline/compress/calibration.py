@@ -113,14 +113,14 @@ def load(name_or_path: str, ds=None, input_shape: list[int] | None = None) -> tu
                             f"{want['shape']} {want['dtype']}", fix)
     if len(x) == 0:
         raise UserError(f"calibration set {data.stem} is empty", fix)
+    if input_shape is not None and x.positional and list(x.single.shape[1:]) != list(input_shape[1:]):
+        raise UserError(f"calibration set {data.stem} has images {list(x.single.shape[1:])}, the model takes "
+                        f"{list(input_shape[1:])}", fix)
     if ds is not None:
         want = ds.x_train.shapes()
         got = dict(zip(ds.x_train.names, x.shapes().values())) if x.positional else x.shapes()
         if got != want:
             raise UserError(f"calibration set {data.stem} has inputs {got}, the model takes {want}", fix)
-    elif input_shape is not None and x.positional and list(x.single.shape[1:]) != list(input_shape[1:]):
-        raise UserError(f"calibration set {data.stem} has images {list(x.single.shape[1:])}, the model takes "
-                        f"{list(input_shape[1:])}", fix)
     if ds is not None and manifest["source"].get("fingerprint") != ds.fingerprint():
         raise UserError(f"calibration set {data.stem} was drawn from '{manifest['source'].get('data')}', not this run's data '{ds.name}'",
                         f"build one from this data: python -m pipeline calibrate --data {ds.source or ds.name}")

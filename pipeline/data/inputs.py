@@ -74,6 +74,8 @@ class Inputs:
     def __getitem__(self, key):
         if isinstance(key, str):
             return self.arrays[key]
+        if isinstance(key, (int, np.integer, tuple)):    # one sample or an element: array semantics
+            return self.single[key]
         return Inputs({k: v[key] for k, v in self.arrays.items()}, self.positional)
 
     def __iter__(self) -> Iterator[str]:
@@ -92,6 +94,24 @@ class Inputs:
             raise UserError(f"this step takes a single-input model; the model has inputs {self.names}",
                             "use a backend or setting that supports several inputs")
         return next(iter(self.arrays.values()))
+
+    # A single-input Inputs also reads as its array (np.asarray, .shape, .dtype, .ndim), for code that
+    # knows its model has one input.
+    def __array__(self, dtype=None, copy=None):
+        a = self.single
+        return a if dtype is None else a.astype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.single.shape
+
+    @property
+    def dtype(self):
+        return self.single.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.single.ndim
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(int(d) for d in v.shape[1:]) for k, v in self.arrays.items()}

@@ -198,7 +198,8 @@ def import_user_attr(path: Path, attr: str, trust: bool, what: str = "model file
         sys.modules[name] = mod
     obj = getattr(mod, attr, None)
     if obj is None:
-        raise UserError(f"{path} has no '{attr}'", f"name a {what} attribute defined in it")
+        kind = "function" if what == "model file" else "attribute"
+        raise UserError(f"{path} has no {kind} '{attr}'", f"name a {kind} defined in {path.name}")
     return obj
 
 

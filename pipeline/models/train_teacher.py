@@ -63,9 +63,9 @@ def main(argv=None) -> None:
 
     torch.manual_seed(args.seed)
     ds = load_fashion_mnist()
-    x_tr = torch.from_numpy(ds.normalize(ds.x_train))
+    x_tr = torch.from_numpy(np.asarray(ds.normalize(ds.x_train)))
     y_tr = torch.from_numpy(ds.y_train)
-    x_te = torch.from_numpy(ds.normalize(ds.x_test))
+    x_te = torch.from_numpy(np.asarray(ds.normalize(ds.x_test)))
     y_te = torch.from_numpy(ds.y_test)
 
     factory_spec, factory = MODELS[args.model]

@@ -27,14 +27,14 @@ def trained(fmnist, tmp_path_factory, train_briefly) -> dict:
     """A 2-layer CNN trained 100 steps on real data, its FP32 ONNX, test images and calibration images."""
     torch.manual_seed(0)
     model = tiny_cnn()
-    x_tr = torch.from_numpy(fmnist.normalize(fmnist.x_train[:6400]))
+    x_tr = torch.from_numpy(np.asarray(fmnist.normalize(fmnist.x_train[:6400])))
     y_tr = torch.from_numpy(fmnist.y_train[:6400])
     train_briefly(model, x_tr, y_tr)
     d = tmp_path_factory.mktemp("ort")
-    x_test = fmnist.normalize(fmnist.x_test[:256])
+    x_test = np.asarray(fmnist.normalize(fmnist.x_test[:256]))
     meta = ort_backend.export_onnx(model, torch.from_numpy(x_test[:1]), d / "fp32.onnx")
     return {"model": model, "dir": d, "onnx": d / "fp32.onnx", "meta": meta, "x": x_test, "y": fmnist.y_test[:256],
-            "calib": fmnist.normalize(fmnist.x_train[-256:])}
+            "calib": np.asarray(fmnist.normalize(fmnist.x_train[-256:]))}
 
 
 def sha(p: Path) -> str:

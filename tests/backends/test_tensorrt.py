@@ -136,12 +136,12 @@ def trained(fmnist, tmp_path_factory, train_briefly) -> dict:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
-    x_tr, y_tr = torch.from_numpy(fmnist.normalize(fmnist.x_train[:6400])), torch.from_numpy(fmnist.y_train[:6400])
+    x_tr, y_tr = torch.from_numpy(np.asarray(fmnist.normalize(fmnist.x_train[:6400]))), torch.from_numpy(fmnist.y_train[:6400])
     train_briefly(model, x_tr, y_tr)
     d = tmp_path_factory.mktemp("trt")
-    x = fmnist.normalize(fmnist.x_test[:256])
+    x = np.asarray(fmnist.normalize(fmnist.x_test[:256]))
     ort_backend.export_onnx(model, torch.from_numpy(x[:1]), d / "fp32.onnx")
-    calib = fmnist.normalize(fmnist.x_train[-256:])
+    calib = np.asarray(fmnist.normalize(fmnist.x_train[-256:]))
     meta = trt_backend.quantize_int8(d / "fp32.onnx", calib, d / "qdq.onnx")
     return {"dir": d, "onnx": d / "fp32.onnx", "qdq": d / "qdq.onnx", "meta": meta, "x": x,
             "y": fmnist.y_test[:256], "calib": calib}

@@ -50,9 +50,9 @@ def data() -> dict[str, np.ndarray]:
     except UserError as e:
         pytest.skip(e.problem)
     return {
-        "train_x": ds.normalize(ds.x_train[:50 * 64]), "train_y": ds.y_train[:50 * 64],
-        "calib": ds.normalize(ds.x_train[-256:]),
-        "test_x": ds.normalize(ds.x_test[:64]),
+        "train_x": np.asarray(ds.normalize(ds.x_train[:50 * 64])), "train_y": ds.y_train[:50 * 64],
+        "calib": np.asarray(ds.normalize(ds.x_train[-256:])),
+        "test_x": np.asarray(ds.normalize(ds.x_test[:64])),
     }
 
 
@@ -183,7 +183,7 @@ def test_conversion_is_reproducible(int8_model, model, example, data, out_dir):
 
 
 def test_percentile_observer_clips_outliers():
-    observer_class, note = tflite._activation_observer("percentile")
+    observer_class, note = tflite.convert._activation_observer("percentile")
     assert "percentile" in note
     x = torch.randn(100_000)
     x[:5] = 50.0  # 0.005% outliers, above the 99.99th percentile

@@ -43,7 +43,7 @@ def test_distill_with_a_sane_lr_still_trains(tmp_path):
 
 def test_short_kd_with_a_diverging_lr_stops_with_one_line():
     ds = tiny_data()
-    x = torch.from_numpy(ds.normalize(ds.x_train))
+    x = torch.from_numpy(np.asarray(ds.normalize(ds.x_train)))
     batches = [(x[i:i + 16], torch.from_numpy(ds.y_train[i:i + 16])) for i in range(0, 64, 16)]
     with pytest.raises(UserError, match="non-finite"):
         short_kd(net(), net().eval(), batches, 4.0, 0.7, 1e30)

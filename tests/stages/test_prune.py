@@ -3,6 +3,7 @@ criteria, and clear errors for models the pruner cannot handle."""
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 from torch import nn
 
@@ -349,7 +350,7 @@ def test_stage_default_model(fmnist_ctx):
     assert rec["channels"]["fc"] == [10, 10] and rec["onnx_max_abs_diff"] < 1e-3
     assert all(a % 16 == 0 for n, (b, a) in rec["channels"].items() if n != "fc")
     reloaded = torch.export.load(str(fmnist_ctx.run_dir / "prune" / "model.pt2")).module()
-    x = torch.from_numpy(fmnist_ctx.data.normalize(fmnist_ctx.data.x_test[:1]))
+    x = torch.from_numpy(np.asarray(fmnist_ctx.data.normalize(fmnist_ctx.data.x_test[:1])))
     assert reloaded(x).shape == (1, 10)
     assert read_json(fmnist_ctx.run_dir / "prune" / "stage.json")["metrics"]["search"]["budget"] == "macs"
     assert rec["round_to"] == 16

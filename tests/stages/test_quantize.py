@@ -38,10 +38,10 @@ def models_dir(small_npz, tmp_path_factory, train_briefly) -> Path:
     ds = resolve_data(str(small_npz), None, None)
     torch.manual_seed(0)
     model = tiny_cnn()
-    x_tr, y_tr = torch.from_numpy(ds.normalize(ds.x_train)), torch.from_numpy(ds.y_train)
+    x_tr, y_tr = torch.from_numpy(np.asarray(ds.normalize(ds.x_train))), torch.from_numpy(ds.y_train)
     train_briefly(model, x_tr, y_tr, one_thread=False)
     d = tmp_path_factory.mktemp("quantize-models")
-    example = torch.from_numpy(ds.normalize(ds.x_test[:1]))
+    example = torch.from_numpy(np.asarray(ds.normalize(ds.x_test[:1])))
     ort_backend.export_onnx(model, example, d / "tiny.onnx")
     with torch.no_grad():
         model[7].weight[:, 0] = OUTLIER

@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.backends import base
-from pipeline.backends.onnxruntime.common import (ACTIVATION_TYPE, INPUT_NAME, OPT_LEVELS, OUTPUT_NAME,  # noqa: F401
+from pipeline.backends.onnxruntime.common import (ACTIVATION_TYPE, ENTROPY_NOTE, INPUT_NAME, OPT_LEVELS,  # noqa: F401
+                                                  OUTPUT_NAME, PERCENTILE, input_dtypes,
                                                   WEIGHTED_OPS, available, check_calibration, check_node_names,
                                                   cpu_session, io_shapes, load_onnx, ort_module, qdq_summary)
 from pipeline.backends.onnxruntime.export import export_onnx  # noqa: F401
@@ -91,13 +92,15 @@ class Runner(base.Runner):
             feed[name] = np.ascontiguousarray(a, dtype=dtype or np.float32)
         return feed
 
-    def prepare(self, x) -> dict[str, np.ndarray]:
-        """One inference's feed, checked and contiguous: the first `batch` samples of x."""
-        return {k: v[: self._fixed_batch or 1] for k, v in self._check(x).items()}
+    def prepare(self, x):
+        """One inference's input, checked and contiguous: the first `batch` samples of x (the array itself
+        for a single-input model, else the feed by name)."""
+        feed = {k: v[: self._fixed_batch or 1] for k, v in self._check(x).items()}
+        return feed[self.input_name] if len(feed) == 1 else feed
 
-    def run_raw(self, x: dict[str, np.ndarray]) -> np.ndarray:
-        """One session.run on a feed from `prepare` (no checks: for timing loops)."""
-        return self.session.run([self.output_name], x)[0]
+    def run_raw(self, x) -> np.ndarray:
+        """One session.run on an input from `prepare` (no checks: for timing loops)."""
+        return self.session.run([self.output_name], x if isinstance(x, dict) else {self.input_name: x})[0]
 
     def run(self, x) -> np.ndarray:
         """Outputs (float32) for any number of samples; a fixed-batch model is run batch by batch."""

@@ -99,7 +99,15 @@ def io_shapes(model: onnx.ModelProto) -> dict[str, dict[str, tuple[int | str, ..
     }
 
 
-def check_calibration(calib, input_shapes: dict[str, Sequence[int | str]]) -> dict[str, np.ndarray]:
+def input_dtypes(model: onnx.ModelProto) -> dict[str, np.dtype]:
+    """The numpy dtype of every graph input (initializers are not inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return {v.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+            for v in model.graph.input if v.name not in inits}
+
+
+def check_calibration(calib, input_shapes: dict[str, Sequence[int | str]],
+                      dtypes: dict[str, np.dtype] | None = None) -> dict[str, np.ndarray]:
     """Validate normalized calibration inputs (Inputs, a dict, or one array for a single-input model) against
     the model's inputs {name: shape}; return {name: contiguous array}: float32, or int64 for integer inputs."""
     if isinstance(calib, np.ndarray) and len(input_shapes) == 1:
@@ -125,8 +133,9 @@ def check_calibration(calib, input_shapes: dict[str, Sequence[int | str]]) -> di
         if any(isinstance(w, int) and w != g for w, g in zip(want, got)):
             raise UserError(f"calibration samples of '{name}' have shape {got}, the model expects {want}",
                             "calibrate with samples of the model's input shape (same size and channels)")
-        if a.dtype.kind in "iub":
-            out[name] = np.ascontiguousarray(a, dtype=np.int64)
+        want_int = dtypes is not None and np.dtype(dtypes.get(name, np.float32)).kind in "iub"
+        if a.dtype.kind in "iub" and want_int:
+            out[name] = np.ascontiguousarray(a, dtype=dtypes[name])
             continue
         if not np.issubdtype(a.dtype, np.floating):
             raise UserError(f"calibration data for '{name}' is {a.dtype}, expected normalized float32",

@@ -41,7 +41,8 @@ def export_onnx(model: "torch.nn.Module", example, out_path: Path, opset: int = 
                             "pass one normalized input batch, e.g. torch.zeros(1, 1, 28, 28)")
         example = Inputs.of(example.detach().cpu().numpy())
     if not isinstance(example, Inputs):
-        raise UserError(f"the export example is {type(example).__name__}", "pass normalized Inputs or a tensor")
+        raise UserError(f"the export example must be a float32 torch.Tensor or Inputs, got {type(example).__name__}",
+                        "pass one normalized input batch, e.g. torch.zeros(1, 1, 28, 28)")
     names = [INPUT_NAME] if example.positional else example.names
     args = example.torch()
     axes: dict[str, dict[int, str]] = {}

@@ -12,7 +12,8 @@ import onnx
 
 from pipeline.backends.onnxruntime.common import (ACTIVATION_TYPE, ACTIVATION_TYPE_REASON, CALIBRATION_METHODS,
                                                   ENTROPY_NOTE, PERCENTILE, check_calibration, check_node_names,
-                                                  cpu_session, io_shapes, load_onnx, ort_module, qdq_summary)
+                                                  cpu_session, input_dtypes, io_shapes, load_onnx, ort_module,
+                                                  qdq_summary)
 from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
 
@@ -55,7 +56,7 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
         raise UserError(f"unknown calibration method '{method}'", f"use one of {', '.join(CALIBRATION_METHODS)}")
     model = load_onnx(onnx_in)
     shapes = io_shapes(model)
-    calib = check_calibration(calib, shapes["inputs"])
+    calib = check_calibration(calib, shapes["inputs"], input_dtypes(model))
     input_shape = next(iter(shapes["inputs"].values()))
     n_calib = len(next(iter(calib.values())))
     batch = input_shape[0] if isinstance(input_shape[0], int) else None

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from pipeline.backends.onnxruntime import (check_calibration, check_node_names, cpu_session, io_shapes,
+from pipeline.backends.onnxruntime import (check_calibration, check_node_names, cpu_session, input_dtypes, io_shapes,
                                            load_onnx, ort_module, qdq_summary)
 from pipeline.backends.tensorrt.compat import DEFAULT_TRT_VERSION, check_compat, qdq_nodes
 from pipeline.errors import UserError
@@ -78,7 +78,7 @@ def quantize_int8(onnx_in: Path, calib, onnx_out: Path, method: str = "entropy",
                         "use calibration_method = \"entropy\" or \"minmax\" for a TensorRT target")
     model = load_onnx(onnx_in)
     shapes = io_shapes(model)
-    calib = check_calibration(calib, shapes["inputs"])
+    calib = check_calibration(calib, shapes["inputs"], input_dtypes(model))
     input_shape = next(iter(shapes["inputs"].values()))
     batch = input_shape[0] if isinstance(input_shape[0], int) else 1
     n = len(next(iter(calib.values())))

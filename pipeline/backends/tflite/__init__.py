@@ -9,7 +9,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pipeline.backends import base
-from pipeline.backends.tflite.convert import INSTALL_FIX, METADATA_NAME, _ordered, convert_float, convert_int8  # noqa: F401
+from pipeline.backends.tflite.convert import (CALIB_BATCH, INSTALL_FIX, METADATA_NAME, PERCENTILE,  # noqa: F401
+                                              _ordered, convert_float, convert_int8)
 from pipeline.data.inputs import Inputs
 from pipeline.errors import UserError
 
@@ -90,14 +91,16 @@ class Runner(base.Runner):
             x = np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
         return np.ascontiguousarray(x)
 
-    def prepare(self, x) -> list[np.ndarray]:
-        """Normalized inputs -> the model's input tensors (all samples): NHWC, int32 or quantized as the file wants."""
-        return [self._prepare_one(a, d, i == 0 and len(d["shape"]) == 4)
-                for i, (a, d) in enumerate(zip(self._arrays(x), self._ins))]
+    def prepare(self, x):
+        """Normalized inputs -> the model's input tensors (all samples): NHWC, int32 or quantized as the file
+        wants; the array itself for a single-input model, else a list in input order."""
+        out = [self._prepare_one(a, d, i == 0 and len(d["shape"]) == 4)
+               for i, (a, d) in enumerate(zip(self._arrays(x), self._ins))]
+        return out[0] if len(out) == 1 else out
 
-    def run_raw(self, x: list[np.ndarray]) -> np.ndarray:
+    def run_raw(self, x) -> np.ndarray:
         """One invoke on prepared batch-1 inputs; returns the raw output tensor (int8 stays int8)."""
-        for a, d in zip(x, self._ins):
+        for a, d in zip(x if isinstance(x, list) else [x], self._ins):
             self._interpreter.set_tensor(d["index"], a[:1])
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._out["index"])
@@ -105,6 +108,7 @@ class Runner(base.Runner):
     def run(self, x) -> np.ndarray:
         """Normalized inputs (N >= 1) -> float32 outputs (N, ...), dequantized if the output is integer."""
         prepared = self.prepare(x)
+        prepared = prepared if isinstance(prepared, list) else [prepared]
         raw = np.concatenate([self.run_raw([a[i:i + 1] for a in prepared]) for i in range(len(prepared[0]))])
         if np.dtype(self._out["dtype"]).kind in "iu":
             scale, zero_point = self._out["quantization"]

@@ -237,7 +237,7 @@ def _export_for_calibration(module: torch.nn.Module, args: tuple) -> tuple[torch
     try:
         batch = torch.export.Dim("batch", min=1)
         program = torch.export.export(module, tuple(torch.cat([a, a]) for a in args),
-                                      dynamic_shapes=tuple({0: batch} for _ in args))
+                                      dynamic_shapes=(tuple({0: batch} for _ in args),))   # forward(*x)
         return program.module(), CALIB_BATCH
     except Exception:  # noqa: BLE001 -- torch raises several types for a batch it had to specialize
         return torch.export.export(module, args).module(), 1
