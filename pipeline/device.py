@@ -162,7 +162,9 @@ def _device_row(report: dict, t: dict, dr: dict) -> dict:
             + "; test-set accuracy is a host figure")
     fields = {"latency_p50_ms": lat["p50"], "latency_p90_ms": lat["p90"], "latency_ci95_ms": None,
               "latency_where": "device", "note": note}
-    row = next((a for a in report["artifacts"] if a["target"] == t["name"] and a.get("device_engine")), None)
+    # the row of an engine built on the device (reports before 1.1: the target's own-engine row without a file)
+    row = next((a for a in report["artifacts"] if a["target"] == t["name"] and (
+        a.get("device_engine") or (a["backend"] == t["backend"] and a.get("file") is None))), None)
     if row is not None:       # an engine built on the device (TensorRT): its own row carries the device figure
         row.update(fields)
         return row

@@ -76,11 +76,10 @@ class Dataset:
         """sha256 over the arrays, mean, std and classes: identifies the data in stage fingerprints."""
         if "_arrays_hash" not in self.meta:  # arrays are never modified after loading: hash them once
             h = hashlib.sha256()
-            for x in (self.x_train, self.x_test):
+            for x, y in ((self.x_train, self.y_train), (self.x_test, self.y_test)):
                 x.bytes_hash(h)
-            for a in (self.y_train, self.y_test):
-                h.update(str((a.dtype, a.shape)).encode())
-                h.update(np.ascontiguousarray(a).tobytes())
+                h.update(str((y.dtype, y.shape)).encode())
+                h.update(np.ascontiguousarray(y).tobytes())
             self.meta["_arrays_hash"] = h
         h = self.meta["_arrays_hash"].copy()
         h.update(repr((self.mean, self.std, self.classes)).encode())

@@ -129,8 +129,10 @@ class Inputs:
         return Inputs({k: np.concatenate([v, other.arrays[k]]) for k, v in self.arrays.items()}, self.positional)
 
     def bytes_hash(self, h) -> None:
+        """Feed the arrays into hash `h`: names too, except for a single positional input, which hashes as the
+        plain array always did (committed calibration manifests record that fingerprint)."""
         for k, v in self.arrays.items():
-            h.update(str((k, v.dtype, v.shape)).encode())
+            h.update(str((v.dtype, v.shape) if self.positional else (k, v.dtype, v.shape)).encode())
             h.update(np.ascontiguousarray(v).tobytes())
 
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from pipeline.errors import UserError
 from pipeline.report.gate import GateResult
 
 

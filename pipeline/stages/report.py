@@ -46,6 +46,7 @@ def artifact_rows(ctx: Context) -> tuple[list[dict], float | None]:
             "size_bytes": r["size_bytes"],
             "params": r.get("params", lineage.get("params")), "macs": r.get("macs", lineage.get("macs")),
             "selected": r.get("selected"), "note": r.get("note", ""),
+            **({"device_engine": True} if r.get("device_engine") else {}),
         })
     for row in rows:
         if row["accuracy"] is not None and teacher_acc is not None:
