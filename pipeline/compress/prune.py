@@ -289,9 +289,10 @@ def exclude_failing_groups(model: nn.Module, example: torch.Tensor, setup: Setup
                         "pass training batches, or use --set prune.criterion=l2")
     try:
         probe_model = copy.deepcopy(model).eval()
+        import torch_pruning as tp
         with tolerant_index_mapping() as failed:
-            pruner = make_pruner(probe_model, example, PROBE_RATIO, setup)
-            groups, blocked = groups_of(pruner, probe_model, failed)
+            dg = tp.DependencyGraph().build_dependency(probe_model, example_inputs=example)
+            groups, blocked = groups_of(dg, [probe_model.get_submodule(n) for n in setup.ignored], probe_model, failed)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 -- tracing the dependency graph failed: nothing can be pruned

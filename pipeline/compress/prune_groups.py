@@ -86,14 +86,16 @@ def tolerant_index_mapping() -> Iterator[dict]:
         DependencyGraph.get_all_groups = original_all_groups
 
 
-def groups_of(pruner, model: nn.Module, failed: dict) -> tuple[list[Group], dict[Group, str]]:
+def groups_of(dg, ignored: list[nn.Module], model: nn.Module, failed: dict) -> tuple[list[Group], dict[Group, str]]:
     """The prunable groups of a torch-pruning pruner built on `model`, named by module, and those of
     them that pass through a node in `failed` or could not be built (see tolerant_index_mapping), with
-    the reason."""
+    the reason. `dg`: torch-pruning's DependencyGraph of `model`; `ignored`: modules never pruned."""
+    import torch_pruning as tp
     names = {id(m): n for n, m in model.named_modules()}
     out, blocked = [], {}
-    dg = pruner.DG
-    for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
+    ignored = [sub for m in ignored for sub in m.modules()]      # as torch-pruning's pruner expands them
+    for group in dg.get_all_groups(ignored_layers=ignored,
+                                   root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM]):
         members, bad = [], None
         for dep, _ in group:
             n = names.get(id(dep.target.module))
