@@ -97,13 +97,10 @@ def import_timm():
     return timm
 
 
-def torchvision_classifiers(num_classes: int = 10) -> dict[str, Callable[[], nn.Module]]:
-    """Every torchvision classification architecture, built without weights."""
+def torchvision_names() -> list[str]:
+    """Every torchvision classification architecture (tv/NAME); [] when torchvision is not installed."""
     tv = import_torchvision()
-    if tv is None:
-        return {}
-    names = tv.models.list_models(module=tv.models)
-    return {f"tv/{n}": (lambda n=n: tv.models.get_model(n, weights=None, num_classes=num_classes)) for n in names}
+    return [f"tv/{n}" for n in tv.models.list_models(module=tv.models)] if tv else []
 
 
 # One or two small members of each timm family (the families the issue names, plus a few more).
@@ -118,11 +115,40 @@ TIMM_SAMPLE = (
 )
 
 
-def timm_classifiers(num_classes: int = 10, names: Optional[tuple] = None) -> dict[str, Callable[[], nn.Module]]:
-    """A sample of timm families (those the installed timm offers), built without weights."""
+def timm_names(names: Optional[tuple] = None) -> list[str]:
+    """The sample of timm families (timm/NAME) that the installed timm offers."""
     timm = import_timm()
     if timm is None:
-        return {}
+        return []
     available = set(timm.list_models())
-    return {f"timm/{n}": (lambda n=n: timm.create_model(n, pretrained=False, num_classes=num_classes))
-            for n in (names or TIMM_SAMPLE) if n in available}
+    return [f"timm/{n}" for n in (names or TIMM_SAMPLE) if n in available]
+
+
+def architectures() -> list[str]:
+    return torchvision_names() + timm_names()
+
+
+def size_kwargs(name: str, size: int) -> list[dict]:
+    """Build keyword sets to try for an input of `size` (fixed-size transformers take it as an argument)."""
+    if name.startswith("tv/") and any(k in name for k in ("vit_", "maxvit")):
+        return [{"image_size": size}]
+    if name.startswith("timm/"):
+        return [{"img_size": size}, {}]
+    return [{}]
+
+
+def build(name: str, kwargs: Optional[dict] = None, num_classes: int = 10) -> nn.Module:
+    """A zoo architecture by name (tv/NAME or timm/NAME), no pretrained weights, `num_classes` outputs."""
+    kwargs = dict(kwargs or {})
+    src, _, arch = name.partition("/")
+    if src == "tv":
+        tv = import_torchvision()
+        if tv is None:
+            raise ImportError("torchvision is not installed")
+        return tv.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    if src == "timm":
+        timm = import_timm()
+        if timm is None:
+            raise ImportError("timm (and torchvision) are not installed")
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+    raise ValueError(f"unknown zoo architecture {name!r}: write tv/NAME or timm/NAME")
