@@ -134,14 +134,14 @@ def attention_round_to(model: nn.Module, round_to: int) -> int:
 
 def sync_attention(model: nn.Module) -> None:
     """After pruning, set the per-head width attributes of attention modules from their pruned projections
-    (`head_dim`; Hugging Face's `attention_head_size` and `all_head_size`)."""
+    (`head_dim`, timm >= 1.0.2x's `attn_dim`; Hugging Face's `attention_head_size` and `all_head_size`)."""
     for m in model.modules():
         heads, proj = _heads(m), _qkv(m)
         if not heads or not proj or isinstance(m, nn.MultiheadAttention):
             continue
         width = proj[0].out_features // (3 if len(proj) == 1 else 1)
         for attr, value in (("head_dim", width // heads), ("attention_head_size", width // heads),
-                            ("all_head_size", width)):
+                            ("all_head_size", width), ("attn_dim", width)):
             if isinstance(getattr(m, attr, None), int):
                 setattr(m, attr, value)
 
@@ -291,7 +291,7 @@ def exclude_failing_groups(model: nn.Module, example: torch.Tensor, setup: Setup
         probe_model = copy.deepcopy(model).eval()
         import torch_pruning as tp
         with tolerant_index_mapping() as failed:
-            dg = tp.DependencyGraph().build_dependency(probe_model, example_inputs=example)
+            dg = tp.DependencyGraph().build_dependency(probe_model, example_inputs=models.as_args(example))
             groups, blocked = groups_of(dg, [probe_model.get_submodule(n) for n in setup.ignored], probe_model, failed)
     except UserError:
         raise

@@ -30,7 +30,8 @@ DEFAULT_FACTORY = "pipeline/models/resnet.py:small_resnet"
 DEFAULT_WEIGHTS = DEFAULT_DIR / "teacher.pt"
 # Layer attributes that carry channel counts; pruning changes them, rebuilding restores them.
 SHAPE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
-               "normalized_shape", "groups", "num_channels", "num_groups", "embed_dim", "num_heads", "head_dim")
+               "normalized_shape", "groups", "num_channels", "num_groups", "embed_dim", "num_heads", "head_dim",
+               "attn_dim")
 
 
 @dataclass

@@ -125,7 +125,7 @@ def timm_names(names: Optional[tuple] = None) -> list[str]:
 
 
 def architectures() -> list[str]:
-    return torchvision_names() + timm_names()
+    return timm_names() + torchvision_names()
 
 
 def size_kwargs(name: str, size: int) -> list[dict]:
