@@ -171,7 +171,7 @@ def architecture(model: nn.Module) -> dict:
     for name, m in model.named_modules():
         attrs = {}
         for a in SHAPE_ATTRS:
-            v = getattr(m, a, None)
+            v = vars(m).get(a)   # instance attributes only: a property (timm ConvNormAct.in_channels) is derived
             if isinstance(v, int) and not isinstance(v, bool):
                 attrs[a] = v
             elif isinstance(v, tuple) and all(isinstance(i, int) for i in v):
