@@ -17,6 +17,10 @@ from typing import Callable, Iterator, Optional
 
 from torch import nn
 
+# A channel group this large has not closed: torch-pruning keeps revisiting layers with shifted indices
+# (a reshape it misreads, e.g. a channel shuffle between split and concat) and would run for hours.
+# The largest real groups of the torchvision zoo hold about a hundred (DenseNet-121: 102).
+MAX_GROUP_DEPS = 1000
 # A try prunes the given groups (and none of the others) and answers None or the reason it failed.
 Probe = Callable[[list["Group"]], Optional[str]]
 
@@ -39,6 +43,7 @@ def tolerant_index_mapping() -> Iterator[dict]:
     node must then be left unpruned (see `groups_of`): their indices past it would be wrong."""
     from torch_pruning.dependency import index_mapping as im
     from torch_pruning.dependency.graph import DependencyGraph
+    from torch_pruning.dependency.group import Group as TPGroup
     failed: dict = {"nodes": {}, "roots": {}}
     saved = {n: getattr(im, n) for n in dir(im)
              if n.startswith("update_") and n.endswith("_index_mapping") and n != "update_index_mapping"}
@@ -74,16 +79,23 @@ def tolerant_index_mapping() -> Iterator[dict]:
             if prunable:
                 yield group
 
-    original_all_groups = DependencyGraph.get_all_groups
+    original_all_groups, original_add_dep = DependencyGraph.get_all_groups, TPGroup.add_dep
+
+    def bounded_add_dep(self, dep, idxs):
+        if len(self._group) >= MAX_GROUP_DEPS:
+            raise RuntimeError(f"the channel group does not close (over {MAX_GROUP_DEPS} dependencies): "
+                               "torch-pruning cannot map its channel indices (a channel shuffle or similar reshape)")
+        return original_add_dep(self, dep, idxs)
+
     for n, f in saved.items():
         setattr(im, n, tolerant(f))
-    DependencyGraph.get_all_groups = all_groups
+    DependencyGraph.get_all_groups, TPGroup.add_dep = all_groups, bounded_add_dep
     try:
         yield failed
     finally:
         for n, f in saved.items():
             setattr(im, n, f)
-        DependencyGraph.get_all_groups = original_all_groups
+        DependencyGraph.get_all_groups, TPGroup.add_dep = original_all_groups, original_add_dep
 
 
 def groups_of(dg, ignored: list[nn.Module], model: nn.Module, failed: dict) -> tuple[list[Group], dict[Group, str]]:
