@@ -177,17 +177,18 @@ def shapes(tmp_path_factory):
     sys.path.remove(str(d))
 
 
-def prune_run(run_cli, d: Path, factory: str, out: Path):
-    return run_cli("run", "--model", f"{d / 'zoo_shapes.py'}:{factory}", "--trust-model", "--data", str(d / "data.npz"),
-                   "--target", "x86-cpu", "--out", str(out), "--until", "prune", "--set", "load.latency_runs=5",
-                   "--set", "evaluate.test_limit=64")
+def prune_run(d: Path, factory: str, out: Path) -> int:
+    """`python -m pipeline run ... --until prune`, in this process (the CLI's own main: no interpreter start)."""
+    from pipeline.cli import main
+    return main(["run", "--model", f"{d / 'zoo_shapes.py'}:{factory}", "--trust-model", "--data", str(d / "data.npz"),
+                 "--target", "x86-cpu", "--out", str(out), "--until", "prune", "--set", "load.latency_runs=5",
+                 "--set", "evaluate.test_limit=64"])
 
 
 @pytest.mark.parametrize("factory", ["shufflenet", "se_net", "vit", "resnext"])
-def test_zoo_shape_prunes_end_to_end(factory, shapes, run_cli, tmp_path):
+def test_zoo_shape_prunes_end_to_end(factory, shapes, tmp_path, capsys):
     d, _ = shapes
-    r = prune_run(run_cli, d, factory, tmp_path / "run")
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert prune_run(d, factory, tmp_path / "run") == 0, capsys.readouterr().err[-2000:]
     m = json.loads((tmp_path / "run" / "prune" / "stage.json").read_text())["metrics"]
     assert abs(m["macs_fraction"] - 0.5) <= 0.02 and m["onnx_max_abs_diff"] < 1e-3
     excluded = m["excluded_groups"]
@@ -201,11 +202,11 @@ def test_zoo_shape_prunes_end_to_end(factory, shapes, run_cli, tmp_path):
         assert excluded == []
 
 
-def test_nothing_prunable_is_refused_naming_the_modules(shapes, run_cli, tmp_path):
+def test_nothing_prunable_is_refused_naming_the_modules(shapes, tmp_path, capsys):
     d, _ = shapes
-    r = prune_run(run_cli, d, "masked", tmp_path / "run")
-    assert r.returncode == 2
-    assert "can prune none" in r.stderr and "'conv'" in r.stderr, r.stderr[-1000:]
+    assert prune_run(d, "masked", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "can prune none" in err and "'conv'" in err, err[-1000:]
 
 
 def onnx_macs(path: Path) -> int:
