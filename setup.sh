@@ -24,4 +24,9 @@ fi
 # torch first and alone, pinned: a resolver left to itself would fetch a multi-GB CUDA build.
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+if [ "${1:-}" = "--test" ]; then
+  # torchvision + timm for the zoo tests and benchmark, with --no-deps so that no resolver can replace the
+  # CPU torch (their dependencies are all in requirements.txt; see benchmarks/requirements-zoo.txt).
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r benchmarks/requirements-zoo.txt
+fi
 echo "setup.sh: ready (.venv, $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

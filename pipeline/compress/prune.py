@@ -18,6 +18,7 @@ that fails any of these is a UserError naming the layer and how to exclude it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ from pipeline.config import PruneConfig
 from pipeline.errors import UserError
 from pipeline.latency import measure
 from pipeline.compress.distill import check_finite_loss, check_finite_state, kd_loss
+from pipeline.compress.prune_groups import groups_of, isolate, tolerant_index_mapping
+from pipeline.compress.prune_layers import (attention_heads, attention_round_to, recurrent_coupled,  # noqa: F401
+                                            sync_attention)
 from pipeline.runner import log
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -44,6 +48,8 @@ LATENCY_ITERATIONS = 8
 # A latency candidate this close under the goal ends the search (timing noise is larger than this).
 LATENCY_SLACK = 0.05
 ONNX_ATOL = 1e-3
+# Ratio at which each channel group is tried before the search (see exclude_failing_groups).
+PROBE_RATIO = 0.5
 
 
 def traced_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -89,79 +95,6 @@ def importance(criterion: str):
         "taylor": lambda: tp.importance.TaylorImportance(),
         "lamp": lambda: tp.importance.LAMPImportance(p=2),
     }[criterion]()
-
-
-QKV_NAMES = (("q", "k", "v"), ("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
-
-
-def _heads(m: nn.Module) -> Optional[int]:
-    h = getattr(m, "num_heads", getattr(m, "num_attention_heads", None))
-    return h if isinstance(h, int) and not isinstance(h, bool) else None
-
-
-def _qkv(m: nn.Module) -> list[nn.Linear]:
-    """The query/key/value projections of an attention module (one fused `qkv`, or three separate)."""
-    if isinstance(getattr(m, "qkv", None), nn.Linear):
-        return [m.qkv]
-    for names in QKV_NAMES:
-        layers = [getattr(m, n, None) for n in names]
-        if all(isinstance(x, nn.Linear) for x in layers):
-            return layers
-    return []
-
-
-def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """The query/key/value Linears of attention modules that carry an integer head count (`num_heads`, or
-    `num_attention_heads` as in Hugging Face BERT): torch-pruning prunes them head by head (the width per
-    head shrinks, the head count stays). nn.MultiheadAttention is left out: torch-pruning's own pruner for
-    it shrinks the embedding only when it is not declared here (see `attention_round_to`)."""
-    return {lin: _heads(m) for m in model.modules() if _heads(m) and not isinstance(m, nn.MultiheadAttention)
-            for lin in _qkv(m)}
-
-
-def attention_round_to(model: nn.Module, round_to: int) -> int:
-    """round_to made a multiple of every nn.MultiheadAttention's head count, so pruned embeddings split
-    into whole heads."""
-    for m in model.modules():
-        if isinstance(m, nn.MultiheadAttention):
-            round_to = math.lcm(round_to, m.num_heads)
-    return round_to
-
-
-def sync_attention(model: nn.Module) -> None:
-    """After pruning, set the per-head width attributes of attention modules from their pruned projections
-    (`head_dim`; Hugging Face's `attention_head_size` and `all_head_size`)."""
-    for m in model.modules():
-        heads, proj = _heads(m), _qkv(m)
-        if not heads or not proj or isinstance(m, nn.MultiheadAttention):
-            continue
-        width = proj[0].out_features // (3 if len(proj) == 1 else 1)
-        for attr, value in (("head_dim", width // heads), ("attention_head_size", width // heads),
-                            ("all_head_size", width)):
-            if isinstance(getattr(m, attr, None), int):
-                setattr(m, attr, value)
-
-
-def recurrent_coupled(model: nn.Module, example) -> tuple[list[str], list[str]]:
-    """Recurrent layers (LSTM, GRU, RNN) and every layer whose channels are coupled to them: left unpruned.
-    torch-pruning's recurrent pruner handles only some single-layer cases and fails or corrupts the rest, so
-    they are skipped, and the rest of the model is pruned. Returns (recurrent layer names, coupled names)."""
-    rnn = [n for n, m in model.named_modules() if isinstance(m, nn.RNNBase)]
-    if not rnn:
-        return [], []
-    import torch_pruning as tp
-    names = {m: n for n, m in model.named_modules()}
-    rnn_mods = {model.get_submodule(n) for n in rnn}
-    coupled: set[str] = set()
-    try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=models.as_args(example))
-        for group in dg.get_all_groups():
-            mods = {dep.target.module for dep, _ in group}
-            if mods & rnn_mods:
-                coupled |= {names[m] for m in mods if m in names and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
-    except Exception:  # noqa: BLE001 -- no graph: leave every conv/linear that feeds or reads them as is
-        coupled = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
-    return rnn, sorted(coupled)
 
 
 def layer_channels(model: nn.Module) -> dict[str, int]:
@@ -226,19 +159,20 @@ def check_pruned(original: nn.Module, pruned: nn.Module, example: torch.Tensor) 
                         f"add the output layer to prune.ignore, e.g. --set 'prune.ignore={last}'")
 
 
-def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Setup) -> nn.Module:
-    """A pruned copy of `model` with `ratio` of each group's channels removed (global: of all)."""
+def make_pruner(m: nn.Module, example: torch.Tensor, ratio: float, setup: Setup, extra_ignored=()):
+    """torch-pruning's pruner on `m` (modified in place by its step) for one pass."""
     import torch_pruning as tp
-    m = copy.deepcopy(model).eval()
-    if ratio == 0:
-        return m
-    ignored_mods = [m.get_submodule(n) for n in setup.ignored]
-    try:
-        pruner = tp.pruner.MetaPruner(
-            m, models.as_args(example), importance=importance(setup.criterion), pruning_ratio=ratio,
-            global_pruning=setup.global_pruning, max_pruning_ratio=setup.max_layer_ratio,
-            ignored_layers=ignored_mods, round_to=attention_round_to(m, setup.round_to),
-            num_heads=attention_heads(m))
+    ignored_mods = [m.get_submodule(n) for n in [*setup.ignored, *extra_ignored]]
+    return tp.pruner.MetaPruner(
+        m, models.as_args(example), importance=importance(setup.criterion), pruning_ratio=ratio,
+        global_pruning=setup.global_pruning, max_pruning_ratio=setup.max_layer_ratio,
+        ignored_layers=ignored_mods, round_to=attention_round_to(m, setup.round_to),
+        num_heads=attention_heads(m))
+
+
+def _step(m: nn.Module, example: torch.Tensor, ratio: float, setup: Setup, extra_ignored=()) -> None:
+    with tolerant_index_mapping():       # groups through unmappable nodes are in setup.ignored already
+        pruner = make_pruner(m, example, ratio, setup, extra_ignored)
         if setup.criterion == "taylor":
             if not setup.calibration:
                 raise UserError("prune.criterion 'taylor' needs calibration batches for its gradients",
@@ -247,6 +181,17 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Set
             for xb, yb in setup.calibration:
                 nn.functional.cross_entropy(m(*models.as_args(xb)), yb).backward()
         pruner.step()
+    m.zero_grad(set_to_none=True)
+    sync_attention(m)
+
+
+def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Setup) -> nn.Module:
+    """A pruned copy of `model` with `ratio` of each group's channels removed (global: of all)."""
+    m = copy.deepcopy(model).eval()
+    if ratio == 0:
+        return m
+    try:
+        _step(m, example, ratio, setup)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 -- torch-pruning raises many types on graphs it cannot follow
@@ -255,10 +200,59 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Set
         raise UserError(f"torch-pruning cannot prune this model{named}: {e.__class__.__name__}: "
                         f"{str(e).splitlines()[0][:200]}",
                         f"exclude the layer with --set 'prune.ignore=[\"{layer or 'layer.name'}\"]'") from None
-    m.zero_grad(set_to_none=True)
-    sync_attention(m)
     check_pruned(model, m, example)
     return m.eval()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, UserError):
+        return e.problem
+    return f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def exclude_failing_groups(model: nn.Module, example: torch.Tensor, setup: Setup) -> tuple[Setup, list[dict]]:
+    """Leave unpruned the channel groups torch-pruning cannot prune (see prune_groups); the returned
+    Setup ignores their root modules. A UserError naming them when no group can be pruned."""
+    if setup.criterion == "taylor" and not setup.calibration:
+        raise UserError("prune.criterion 'taylor' needs calibration batches for its gradients",
+                        "pass training batches, or use --set prune.criterion=l2")
+    try:
+        probe_model = copy.deepcopy(model).eval()
+        import torch_pruning as tp
+        with tolerant_index_mapping() as failed:
+            dg = tp.DependencyGraph().build_dependency(probe_model, example_inputs=models.as_args(example))
+            groups, blocked = groups_of(dg, [probe_model.get_submodule(n) for n in setup.ignored], probe_model, failed)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- tracing the dependency graph failed: nothing can be pruned
+        layer, _ = failing_layer(model, example)
+        raise UserError(f"torch-pruning cannot trace this model's dependency graph: {_reason(e)}",
+                        f"make the forward traceable{f' around layer {layer!r}' if layer else ''}, "
+                        "or run with --set prune.enabled=false") from None
+    by_root = {g.root for g in groups}
+
+    def probe(subset) -> Optional[str]:
+        keep = {g.root for g in subset}
+        m = copy.deepcopy(model).eval()
+        try:
+            _step(m, example, PROBE_RATIO, setup, sorted(by_root - keep))
+            check_pruned(model, m, example)
+        except Exception as e:  # noqa: BLE001 -- any failure excludes the groups tried
+            return _reason(e)
+        return None
+
+    excluded = [g.record(why) for g, why in blocked.items()]
+    excluded += isolate([g for g in groups if g not in blocked], probe)
+    if excluded:
+        if len(excluded) == len(groups):
+            listed = "; ".join(f"'{g['root']}' ({g['reason'][:80]})" for g in excluded[:6])
+            more = f" and {len(excluded) - 6} more" if len(excluded) > 6 else ""
+            raise UserError(f"torch-pruning can prune none of this model's {len(groups)} channel groups: "
+                            f"{listed}{more}", "run with --set prune.enabled=false, or simplify those layers")
+        log.warning("[prune] %d of %d channel groups left unpruned (torch-pruning cannot prune them): %s",
+                    len(excluded), len(groups), ", ".join(g["root"] for g in excluded))
+        setup = dataclasses.replace(setup, ignored=sorted(set(setup.ignored) | {g["root"] for g in excluded}))
+    return setup, excluded
 
 
 def onnx_latency_ms(model: nn.Module, example, threads: int, runs: int, scratch: Optional[Path] = None) -> dict:
@@ -383,7 +377,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, s
     model = model.eval()
     base_macs, base_params = models.count_macs(model, example), models.count_params(model)
     steps = cfg.iterative_steps
-    record: dict = {"budget": cfg.budget, "iterative_steps": steps, "steps": []}
+    record: dict = {"budget": cfg.budget, "iterative_steps": steps, "steps": [], "excluded_groups": []}
     base_latency = None
     if latency is None:
         def latency(m: nn.Module) -> dict:
@@ -403,6 +397,9 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, s
     if setup.criterion == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise UserError("prune.criterion 'bn_scale' ranks channels by BatchNorm scales, but the model has no BatchNorm",
                         "use --set prune.criterion=l2 (or l1, taylor, lamp)")
+
+    if not (cfg.budget in ("macs", "params") and getattr(cfg, f"{cfg.budget}_reduction") == 0):
+        setup, record["excluded_groups"] = exclude_failing_groups(model, example, setup)
 
     def macs_of(m: nn.Module) -> tuple[float, dict]:
         v = models.count_macs(m, example)

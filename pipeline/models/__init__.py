@@ -11,6 +11,7 @@ and `model.onnx` (FP32).
 from __future__ import annotations
 
 import contextlib
+import math
 import hashlib
 import importlib.util
 import logging
@@ -33,7 +34,8 @@ DEFAULT_FACTORY = "pipeline/models/resnet.py:small_resnet"
 DEFAULT_WEIGHTS = DEFAULT_DIR / "teacher.pt"
 # Layer attributes that carry channel counts; pruning changes them, rebuilding restores them.
 SHAPE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
-               "normalized_shape", "groups", "num_channels", "num_groups", "embed_dim", "num_heads", "head_dim")
+               "normalized_shape", "groups", "num_channels", "num_groups", "embed_dim", "num_heads", "head_dim",
+               "attn_dim")
 
 
 @dataclass
@@ -264,7 +266,7 @@ def architecture(model: nn.Module) -> dict:
     for name, m in model.named_modules():
         attrs = {}
         for a in SHAPE_ATTRS:
-            v = getattr(m, a, None)
+            v = vars(m).get(a)   # instance attributes only: a property (timm ConvNormAct.in_channels) is derived
             if isinstance(v, int) and not isinstance(v, bool):
                 attrs[a] = v
             elif isinstance(v, tuple) and all(isinstance(i, int) for i in v):
@@ -350,8 +352,83 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, example) -> int:
-    """Multiply-accumulates of one forward pass (conv, linear, matmul), via torch-pruning's counter."""
-    import torch_pruning as tp
-    macs, _ = tp.utils.count_ops_and_params(model, as_args(example))
-    return int(macs)
+_MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "convolution", "_convolution")
+
+
+def _functional_macs(func, args, out) -> int:
+    """MACs of a matmul-like aten op (mm/addmm/bmm/baddbmm/convolution/scaled dot-product attention)."""
+    name = func.overloadpacket.__name__
+    if name in ("mm", "bmm"):
+        a, b = args[0], args[1]
+    elif name in ("addmm", "baddbmm"):
+        a, b = args[1], args[2]
+    elif name in ("convolution", "_convolution"):
+        x, w, transposed = args[0], args[1], bool(args[6])
+        per = math.prod(w.shape[1:])                  # in/groups * kernel (transposed: out/groups * kernel)
+        return (x.numel() // x.shape[1] * w.shape[0] if transposed else out.numel()) * per
+    elif "scaled_dot_product" in name:
+        q, k, v = args[0], args[1], args[2]
+        return math.prod(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+    else:
+        return 0
+    return a.numel() * b.shape[-1]
+
+
+def count_macs(model: nn.Module, example, breakdown: bool = False):
+    """Multiply-accumulates of one forward pass per sample, as torch-pruning's counter counts them (conv,
+    linear, norm, activation, pool, attention modules) but for every module: a subclass (timm's TF-SAME
+    Conv2d, BatchNormAct2d, torchvision's NonDynamicallyQuantizableLinear, ...) is counted by its nearest
+    base class, and matmuls/convs/attention called outside any counted module (F.linear on a module's
+    weight, q @ k in timm attention, F.scaled_dot_product_attention) are counted from the aten ops.
+    torch-pruning's timm-specific attention counters are not used (they would depend on import order).
+
+    `breakdown`: also return {"matmul": conv/linear/matmul/attention MACs, "other": the rest}."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch_pruning.utils import op_counter as oc
+    mapping = {t: h for t, h in oc.MODULES_MAPPING.items() if t.__module__.startswith("torch.")}
+    matmul_hooks = {oc.conv_flops_counter_hook, oc.linear_flops_counter_hook, oc.multihead_attention_counter_hook}
+    totals = {"matmul": 0, "other": 0}
+    depth = [0]
+
+    def handler(m: nn.Module):
+        return next((mapping[t] for t in type(m).__mro__ if t in mapping), None)
+
+    def pre(m, i):
+        depth[0] += 1
+
+    def post(m, i, o, h):
+        depth[0] -= 1
+        if depth[0] == 0:                              # outermost counted module only (as torch-pruning)
+            m.__flops__ = 0
+            h(m, i, o)
+            totals["matmul" if h in matmul_hooks else "other"] += int(m.__flops__)
+            del m.__flops__
+
+    class Functional(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if depth[0] == 0:
+                name = func.overloadpacket.__name__
+                if name in _MATMUL_OPS or "scaled_dot_product" in name:
+                    totals["matmul"] += _functional_macs(func, args, out[0] if isinstance(out, tuple) else out)
+            return out
+
+    hooks, modes = [], {m: m.training for m in model.modules()}
+    for m in model.modules():
+        h = handler(m)
+        if h is not None:
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(lambda m, i, o, h=h: post(m, i, o, h))]
+    try:
+        model.eval()
+        with torch.no_grad(), Functional():
+            model(*as_args(example))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, t in modes.items():
+            m.training = t
+    first = as_args(example)[0]
+    batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() else 1
+    per = {k: v // batch for k, v in totals.items()}
+    total = per["matmul"] + per["other"]
+    return (total, per) if breakdown else total

@@ -58,6 +58,7 @@ class PruneStage(Stage):
         before, after = layer_channels(teacher), layer_channels(student)
         return {
             "criterion": cfg.criterion, "round_to": round_to(ctx), "ignored_layers": ignored,
+            "excluded_groups": search_record.get("excluded_groups", []),
             "allocation": "global" if cfg.global_pruning else "uniform",
             "macs_before": base_macs, "macs_after": macs, "macs_fraction": macs / base_macs,
             "macs_goal_fraction": 1 - cfg.macs_reduction if cfg.budget == "macs" else None,
