@@ -149,7 +149,7 @@ def cmd_calibrate(a) -> int:
 def cmd_gate(a) -> int:
     from pipeline.report import gate, gate_output
     if a.update_baseline:
-        path, hashed = gate.update_baseline(Path(a.report), Path(a.baseline))
+        path, hashed = gate_output.update_baseline(Path(a.report), Path(a.baseline))
         print(f"gate: baseline written to {path} from {a.report} (sha256 of {hashed} artifact files recorded)")
         return 0
     result = gate.gate(Path(a.report), Path(a.baseline), target=a.target, max_accuracy_drop=a.max_accuracy_drop,

@@ -76,7 +76,6 @@ meant to be committed as reports/baselines/<target>.json.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -92,7 +91,6 @@ from pipeline.errors import UserError
 from pipeline.latency import median_ci
 from pipeline.report import schema
 from pipeline.hashing import sha256_file
-from pipeline.runner import write_json
 from pipeline.tasks import Metric
 
 DEFAULT_ROUNDS = 60          # interleaved rounds (pairs of bursts)
@@ -102,7 +100,6 @@ BURST_QUANTILE = 0.25        # each burst's statistic: its lower quartile (see t
 TIMING_THREADS = 1           # interleaved timing threads unless --threads (see the module docstring)
 WARMUP = 20                  # untimed inferences per model before the first round
 STORED_DRIFT_MARGIN = 0.10   # stored mode: extra allowance for session-to-session drift
-TRIM_KEYS = frozenset({"samples_ms"})
 Status = Literal["pass", "fail", "skip"]
 
 
@@ -502,34 +499,3 @@ def _latency(name: str, b: dict, c: dict, t: Target, budget: Budget, base_run: P
             except UserError as e:
                 why = f"cannot time both here: {e.problem}"
     return check_latency_stored(name, b, c, budget, hosts_differ, f"no interleaved timing: {why}")
-
-
-# ---------------------------------------------------------------- output
-def trim(report: dict) -> dict:
-    """A copy without bulky per-run data (TRIM_KEYS, at any depth); the schema is unchanged."""
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items() if k not in TRIM_KEYS}
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        return v
-    return walk(copy.deepcopy(report))
-
-
-def update_baseline(candidate_path: Path, baseline_path: Path) -> tuple[Path, int]:
-    """Write the trimmed candidate as the baseline, with `run_dir` and each artifact file's sha256.
-    Returns the path and how many artifact files were hashed."""
-    cand = load_report(candidate_path, "candidate")
-    run = run_folder(candidate_path, cand)
-    out = trim(cand)
-    hashed = 0
-    for a in out["artifacts"]:
-        a.pop("sha256", None)
-        if a.get("file") and (run / a["file"]).is_file():
-            a["sha256"] = sha256_file(run / a["file"])
-            hashed += 1
-    baseline_path = Path(baseline_path)
-    baseline_path.parent.mkdir(parents=True, exist_ok=True)
-    out["run_dir"] = os.path.relpath(run.resolve(), baseline_path.resolve().parent)
-    write_json(baseline_path, out)
-    return baseline_path, hashed

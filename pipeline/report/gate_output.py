@@ -1,12 +1,17 @@
 """What the gate prints and writes: the terminal summary, JUnit XML for CI, Markdown for a PR comment."""
 from __future__ import annotations
 
+import copy
+import os
 import sys
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree as ET
 
 from pipeline.errors import UserError
-from pipeline.report.gate import GateResult
+from pipeline.hashing import sha256_file
+from pipeline.report.gate import GateResult, load_report, run_folder
+from pipeline.runner import write_json
 
 
 ICON = {"pass": "PASS", "fail": "FAIL", "skip": "skip"}
@@ -77,6 +82,39 @@ def markdown(result: GateResult) -> str:
 
 
 # ---------------------------------------------------------------- baselines
+TRIM_KEYS = frozenset({"samples_ms"})
+
+
+def trim(report: dict) -> dict:
+    """A copy without bulky per-run data (TRIM_KEYS, at any depth); the schema is unchanged."""
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items() if k not in TRIM_KEYS}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+    return walk(copy.deepcopy(report))
+
+
+def update_baseline(candidate_path: Path, baseline_path: Path) -> tuple[Path, int]:
+    """Write the trimmed candidate as the baseline, with `run_dir` and each artifact file's sha256.
+    Returns the path and how many artifact files were hashed."""
+    cand = load_report(candidate_path, "candidate")
+    run = run_folder(candidate_path, cand)
+    out = trim(cand)
+    hashed = 0
+    for a in out["artifacts"]:
+        a.pop("sha256", None)
+        if a.get("file") and (run / a["file"]).is_file():
+            a["sha256"] = sha256_file(run / a["file"])
+            hashed += 1
+    baseline_path = Path(baseline_path)
+    baseline_path.parent.mkdir(parents=True, exist_ok=True)
+    out["run_dir"] = os.path.relpath(run.resolve(), baseline_path.resolve().parent)
+    write_json(baseline_path, out)
+    return baseline_path, hashed
+
+
 def write_outputs(result: GateResult, junit: Path | None, md: Path | None) -> None:
     """Write the JUnit XML and the Markdown summary where asked (parent folders are created)."""
     for path, render in ((junit, junit_xml), (md, markdown)):
