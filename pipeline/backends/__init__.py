@@ -37,8 +37,3 @@ def require(name: str):
     if not ok:
         raise UserError(f"the {name} engine is not available here: {reason}", engine.install_hint)
     return engine
-
-
-def host_runner(name: str):
-    """The engine whose Runner executes `name`'s artifacts on this machine (itself, or its host proxy)."""
-    return get(get(name).host_runtime or name)

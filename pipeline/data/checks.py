@@ -58,12 +58,6 @@ def check_labels(name: str, y: np.ndarray, n_images: int) -> None:
         raise UserError(f"{name}: label {int(y.max())} would mean more than {MAX_CLASSES} classes", LABEL_FIX)
 
 
-def check_split(name: str, x: np.ndarray, y: np.ndarray) -> None:
-    """One split (images and labels) of a data file."""
-    check_images(name, x)
-    check_labels(name, y, len(x))
-
-
 def check_same_shape(name: str, x_train: np.ndarray, x_test: np.ndarray) -> None:
     """Train and test images must be of one shape and one stored dtype (they are normalized alike)."""
     if x_train.shape[1:] != x_test.shape[1:] or x_train.dtype != x_test.dtype:

@@ -125,9 +125,6 @@ class Inputs:
         """model(*inputs): the forward parameters in the data's order."""
         return model(*self.torch(device))
 
-    def concat(self, other: "Inputs") -> "Inputs":
-        return Inputs({k: np.concatenate([v, other.arrays[k]]) for k, v in self.arrays.items()}, self.positional)
-
     def bytes_hash(self, h) -> None:
         """Feed the arrays into hash `h`: names too, except for a single positional input, which hashes as the
         plain array always did (committed calibration manifests record that fingerprint)."""
@@ -135,7 +132,3 @@ class Inputs:
             h.update(str((v.dtype, v.shape) if self.positional else (k, v.dtype, v.shape)).encode())
             h.update(np.ascontiguousarray(v).tobytes())
 
-
-def batches(x: Inputs, size: int) -> Iterator[Inputs]:
-    for i in range(0, len(x), size):
-        yield x[i:i + size]
