@@ -125,6 +125,16 @@ def linear_schedule(opt: torch.optim.Optimizer, total: int, warmup: int):
         opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
 
 
+def train_step(loss, model, opt, sched) -> float:
+    """One optimizer step on `loss` (grad-norm clipped at 1.0, scheduler stepped); returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=8, help="classification fine-tuning epochs (at most)")
@@ -228,13 +238,7 @@ def main(argv=None) -> None:
                 x, m = cut(ids_fit, m_fit, idx)
                 xm, target = mask_tokens(x, m, vocab, gen)
                 h = model.encode(xm, m)
-                loss = F.cross_entropy(head(h[target]), x[target])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                loss_sum += float(loss.detach())
+                loss_sum += train_step(F.cross_entropy(head(h[target]), x[target]), model, opt, sched)
             history.append({"phase": "mlm", "epoch": epoch + 1, "loss": round(loss_sum / steps, 4),
                             "seconds": round(time.time() - te, 1)})
             log(f"mlm epoch {epoch + 1}/{args.mlm_epochs} loss {loss_sum / steps:.4f} "
@@ -254,13 +258,7 @@ def main(argv=None) -> None:
         loss_sum, te = 0.0, time.time()
         for idx in batches(len_fit, args.batch_size, gen)[:steps]:
             x, m = cut(ids_fit, m_fit, idx)
-            loss = F.cross_entropy(model(x, m), torch.from_numpy(y_fit[idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach())
+            loss_sum += train_step(F.cross_entropy(model(x, m), torch.from_numpy(y_fit[idx])), model, opt, sched)
         val_acc = accuracy(model, ids_val, m_val, y_val)
         history.append({"phase": "classify", "epoch": epoch + 1, "loss": round(loss_sum / steps, 4),
                         "val_accuracy": round(val_acc, 4), "seconds": round(time.time() - te, 1)})
