@@ -67,7 +67,19 @@ class DeviceFacts(Strict):
     peak_int8_tops: Optional[float] = Field(None, gt=0)
     peak_fp16_tflops: Optional[float] = Field(None, gt=0)
     memory_bandwidth_gbs: Optional[float] = Field(None, gt=0)
+    isa: list[str] = Field(default_factory=list, description=(
+        "CPU instruction sets the target assumes for INT8 (x86: avx2, avx512, avx512_vnni, avx_vnni, amx_int8; "
+        "ARM: neon, dotprod, i8mm, sve); quantization follows them and the report says when the build host differs"))
     notes: str = ""
+
+    @field_validator("isa")
+    @classmethod
+    def _known_isa(cls, v: list[str]) -> list[str]:
+        from pipeline.bundle.devicekit import ISA_FLAGS
+        unknown = [n for n in v if n not in ISA_FLAGS.values()]
+        if unknown:
+            raise ValueError(f"unknown instruction set(s) {unknown}; known: {sorted(set(ISA_FLAGS.values()))}")
+        return v
 
 
 class TensorRTOptions(Strict):
@@ -241,6 +253,8 @@ class QuantizeConfig(Strict):
                            "exact in float)")
     bias_correction: bool = Field(False, description="correct each layer's bias for the mean shift its INT8 "
                                   "weight rounding causes, measured on the calibration set")
+    isa_aware: bool = Field(True, description="INT8 settings follow the target's [device] isa (x86 without VNNI: "
+                            "7-bit weights, reduce_range); false: the runtime's defaults (pipeline/isa.py)")
 
 
 class EvaluateConfig(Strict):
@@ -248,6 +262,12 @@ class EvaluateConfig(Strict):
     warmup: int = Field(20, ge=0)
     runs: int = Field(200, ge=5)
     batch_size: int = Field(256, ge=1)
+
+
+class HandoffConfig(Strict):
+    eval_samples: int = Field(500, ge=0, description=(
+        "labelled test samples shipped in each bundle (eval.npz, sha256 in the manifest) for the device's own "
+        "accuracy figure; 0: none"))
 
 
 class RunConfig(Strict):
@@ -265,6 +285,7 @@ class RunConfig(Strict):
     distill: DistillConfig = DistillConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    handoff: HandoffConfig = HandoffConfig()
 
 
 def _parse_value(raw: str) -> Any:

@@ -98,6 +98,7 @@ class QuantizeJob:
     model_name: str                  # for messages
     dynamic_batch: bool = False
     prepared: Optional[dict] = None  # what dfq did (None: nothing)
+    isa_aware: bool = True           # quantize.isa_aware: INT8 settings follow the target's [device] isa
 
 
 @dataclass

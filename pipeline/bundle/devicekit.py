@@ -106,3 +106,51 @@ def golden_inputs(golden) -> "np.ndarray | dict[str, np.ndarray]":
     if "x" in golden.files:
         return golden["x"].astype(np.float32) if golden["x"].dtype.kind == "f" else golden["x"]
     return {k[3:]: golden[k] for k in golden.files if k.startswith("x__")}
+
+
+# ---------------------------------------------------------------- instruction sets (ISA-aware INT8)
+# /proc/cpuinfo flag -> the name targets use (targets/*.toml [device] isa). x86: VNNI (AVX512-VNNI or
+# AVX-VNNI) does u8 x s8 multiply-adds into int32 without the 16-bit intermediate that pmaddubsw
+# saturates on AVX2; ARM: dot-product (sdot/udot) and i8mm (smmla) int8 instructions.
+ISA_FLAGS = {"avx2": "avx2", "avx512f": "avx512", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni",
+             "amx_int8": "amx_int8", "asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm", "sve": "sve"}
+VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_isa(cpuinfo: str | None = None) -> dict:
+    """{"arch", "isa": [names], "int8_dot": bool} of this CPU from /proc/cpuinfo (or the text given)."""
+    import platform
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    isa = sorted({name for flag, name in ISA_FLAGS.items() if flag in flags})
+    arch = platform.machine() or None
+    if "neon" in isa or arch in ("aarch64", "arm64"):
+        arch = "aarch64"
+    elif "avx2" in isa or arch in ("x86_64", "AMD64"):
+        arch = "x86_64"
+    return {"arch": arch, "isa": isa, "int8_dot": any(n in isa for n in (*VNNI, "dotprod", "i8mm"))}
+
+
+# ---------------------------------------------------------------- the task's metrics, numpy only
+def task_metrics(task: str, outputs: np.ndarray, y: np.ndarray) -> dict | None:
+    """The metrics of the built-in tasks (classification: top1/top5; regression: mae/rmse), as the
+    pipeline's tasks compute them; None for a plug-in task (its code is not in the bundle)."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if task == "classification":
+        k = min(5, outputs.shape[1])
+        return {"top1": float(np.mean(outputs.argmax(1) == y)),
+                "top5": float(np.mean((np.argsort(-outputs, axis=1)[:, :k] == y[:, None]).any(1)))}
+    if task == "regression":
+        if y.ndim == 1 and outputs.ndim == 2 and outputs.shape[1] == 1:
+            outputs = outputs.reshape(len(outputs))
+        err = outputs.astype(np.float64) - y
+        return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2)))}
+    return None

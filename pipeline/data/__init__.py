@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bundle.preprocess import normalize_image
 from pipeline.data import checks
 from pipeline.data.inputs import InputSpec, Inputs, kind_of
 from pipeline.errors import UserError
@@ -103,14 +104,12 @@ class Dataset:
 
 
 def normalize(x: np.ndarray, mean, std) -> np.ndarray:
-    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    c = x.shape[1]
-    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-    if m.shape[1] not in (1, c) or s.shape[1] not in (1, c):
-        raise UserError(f"--mean/--std have {m.shape[1]}/{s.shape[1]} values but the images have {c} channels",
-                        "give one value per channel (or one for all)")
-    return (x - m) / s
+    """Stored images -> model input; the bundle's preprocess.py (shipped to the device) is the one code."""
+    try:
+        return normalize_image(x, mean, std)
+    except ValueError as e:
+        raise UserError(str(e).split(": give")[0].replace("mean/std", "--mean/--std"),
+                        "give one value per channel (or one for all)") from None
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -19,36 +19,11 @@ import numpy as np
 from pipeline import __version__, backends
 from pipeline.hashing import sha256_file
 from pipeline.runner import Context, Stage, read_json, write_json
+from pipeline.stages.handoff_docs import (MODEL_CARD, README, RUNTIME, budgets_lines, quantization_lines,
+                                          write_device_kit, write_eval_slice)
 from pipeline.stages.report import artifact_rows, deliverable, toolchain
 
 GOLDEN_SAMPLES = 16
-README = """# {model} for {device} ({target})
-
-Hand-off from edge-compress {version}. Everything here is described in `manifest.json`; every file's
-sha256 is listed there. Check the bundle before use:
-
-    python -m pipeline verify .          # with the edge-compress repo, or see manifest.json by hand
-
-On the device, check and time it and write a device report; merge that into the run's report on the
-build machine (the sha256 of the measured file must match this bundle's):
-
-    python -m pipeline bench --bundle . --out device_report.json
-    python -m pipeline report runs/<run-id> --device-report device_report.json
-
-## Feeding the model
-- input `{input_name}`: {input_dtype} {input_shape}, layout {layout}
-- preprocessing: pixel / 255, then (x - mean) / std with mean {mean}, std {std}{quant_in}
-- output `{output_name}`: {output_dtype} {output_shape}: logits for the labels in `manifest.json` (argmax = class){quant_out}
-
-## Files
-{files}
-
-## Expected results
-Accuracy on the host: {accuracy} ({samples} test samples). `golden.npz` holds {golden} inputs (`x`,
-preprocessed) and the host outputs (`y`); a device build should agree within the tolerances in
-`manifest.json` ("golden").
-{backend_notes}"""
-
 def golden_arrays(x) -> dict:
     """The golden inputs as npz arrays: `x` for a single input, `x__<name>` per named input."""
     if x.positional:
@@ -94,7 +69,8 @@ class HandoffStage(Stage):
         self.inputs = tuple(inputs)
 
     def config_slice(self, ctx: Context) -> dict:
-        return {"targets": [t.name for t in ctx.targets], "golden": GOLDEN_SAMPLES}
+        return {"targets": [t.name for t in ctx.targets], "golden": GOLDEN_SAMPLES,
+                "eval_samples": ctx.config.handoff.eval_samples, "kit": 2}
 
     def run(self, ctx: Context, out: Path) -> dict:
         ds = ctx.data
@@ -118,6 +94,9 @@ class HandoffStage(Stage):
             runner = backends.require(art["backend"]).Runner(ctx.run_dir / art["file"], threads=t.threads)
             y = runner.run(x)
             np.savez(tdir / "golden.npz", **golden_arrays(x), y=y, labels=ds.y_test[:GOLDEN_SAMPLES])
+            eval_slice = write_eval_slice(tdir, ds, ctx.config.handoff.eval_samples, runner, ctx.task)
+            write_device_kit(tdir, t.backend)
+            (tdir / "MODEL_CARD.md").write_text(model_card(ctx, t, art, quant, load, data_info, test_samples))
             tol = engine.golden_tolerance(t, quant["engine_meta"].get("output") or {}).as_dict()
             meta = quant["engine_meta"]
             files = {p.name: sha256_file(p) for p in sorted(tdir.iterdir())}
@@ -125,6 +104,7 @@ class HandoffStage(Stage):
                 "manifest_version": 1,
                 "target": t.name, "device": t.device.name, "backend": t.backend,
                 "deliverable": art["file"].split("/")[-1], "precision": comp.get("precision", t.precision),
+                "threads": t.threads, "budgets": t.budgets.model_dump(), "isa": list(t.device.isa),
                 "input": tensor_entry(meta.get("input"), "input", data_info["input_shape"],
                                       getattr(runner, "layout", "NCHW")),
                 "inputs": [{**i, "runtime": e} for i, e in zip(data_info.get("inputs", []), runner.io()["inputs"])],
@@ -133,10 +113,13 @@ class HandoffStage(Stage):
                                        [data_info["input_shape"][0], len(data_info["classes"])], None),
                 "preprocessing": {"scale": 1 / 255 if data_info["stored_dtype"] == "uint8" else 1.0,
                                   "mean": data_info["mean"], "std": data_info["std"],
-                                  "formula": "x = (pixel * scale - mean) / std"},
+                                  "input_chw": list(data_info["input_shape"][1:]),
+                                  "formula": "x = (pixel * scale - mean) / std", "code": "preprocess.py"},
+                "eval": eval_slice,
                 "labels": data_info["classes"],
                 "opset": meta.get("opset"),
                 "float_layers": meta.get("float_layers", []),
+                "float_layers_why": {f["layer"]: f["reason"] for f in quant.get("float_layers", [])},
                 "calibration": {k: quant["calibration"][k] for k in ("name", "sha256", "size", "seed")},
                 "seed": ctx.config.seed, "accuracy_host": art["accuracy"], "test_samples": test_samples,
                 "golden": {"file": "golden.npz", "samples": GOLDEN_SAMPLES, "produced_by": art["name"],
@@ -151,16 +134,59 @@ class HandoffStage(Stage):
             q_in, q_out = manifest["input"]["quantization"], manifest["output"]["quantization"]
             (tdir / "README.md").write_text(README.format(
                 model=load["model"], device=t.device.name, target=t.name, version=__version__,
+                runtime=RUNTIME.get(t.backend, t.backend),
+                eval_n=eval_slice["samples"] if eval_slice else 0,
+                cpp="\n    # C++ (TensorRT): infer.cpp, build line at its top" if t.backend == "tensorrt" else "",
+                budgets=budgets_lines(t),
                 input_name=manifest["input"]["name"], input_dtype=manifest["input"]["dtype"],
                 input_shape=manifest["input"]["shape"], layout=manifest["input"]["layout"],
-                mean=data_info["mean"], std=data_info["std"],
+                preprocessing=(f"pixel / 255, then (x - mean) / std with mean {data_info['mean']}, std {data_info['std']}"
+                               if data_info["stored_dtype"] == "uint8" else
+                               f"(x - mean) / std with mean {data_info['mean']}, std {data_info['std']} for images; "
+                               "other inputs as stored"),
                 quant_in=f"; then quantize: q = round(x / {q_in['scale']}) + {q_in['zero_point']}" if q_in else "",
                 output_name=manifest["output"]["name"], output_dtype=manifest["output"]["dtype"],
                 output_shape=manifest["output"]["shape"],
+                output_meaning=("logits for the labels in `manifest.json` (argmax = class)"
+                                if ctx.task.name == "classification" else f"the {ctx.task.name} task's outputs"),
                 quant_out=f"; dequantize: (q - {q_out['zero_point']}) * {q_out['scale']}" if q_out else "",
+                quantization=quantization_lines(t.backend, quant, quant.get("float_layers", [])),
                 files="\n".join(f"- `{n}`" for n in files) + "\n- `manifest.json`\n- `README.md`",
-                accuracy=f"{art['accuracy']:.4f}", samples=test_samples, golden=GOLDEN_SAMPLES,
-                backend_notes=notes))
+                metric=ctx.task.primary.name, accuracy=f"{art['accuracy']:.4f}", samples=test_samples,
+                eval_line=(f"on the {eval_slice['samples']} samples of `eval.npz` {eval_slice['host_value']:.4f} "
+                           "(the device's `bench` measures the same)" if eval_slice else "no evaluation slice shipped "
+                           "(handoff.eval_samples=0)"),
+                golden=GOLDEN_SAMPLES, backend_notes=notes))
             summary[t.name] = {"files": sorted(files), "deliverable": manifest["deliverable"]}
         deterministic_tar(bundle, [t.name for t in ctx.targets], out / "handoff.tar.gz")
         return {"targets": summary}
+
+
+def model_card(ctx: Context, t, art: dict, quant: dict, load: dict, data_info: dict, test_samples: int) -> str:
+    from pipeline.bundle.devicekit import cpu_isa
+    cfg, metric = ctx.config, ctx.task.primary
+    steps = ", ".join(s for s, on in (("structured pruning", cfg.prune.enabled), ("distillation", cfg.distill.enabled),
+                                      (f"{art['precision']} {t.backend}", True)) if on)
+    teacher = load.get("accuracy")
+    drop = None if teacher is None or art["accuracy"] is None else metric.worse_by(teacher, art["accuracy"])
+    host_isa = cpu_isa()
+    return MODEL_CARD.format(
+        model=load["model"], target=t.name, version=__version__, steps=steps, deliverable=art["file"].split("/")[-1],
+        precision=art["precision"], size_kb=(art.get("size_bytes") or 0) / 1024, device=t.device.name,
+        task=ctx.task.name.capitalize(), inputs=", ".join(f"{i['name']} {i['kind']} {i['shape']}"
+                                                          for i in data_info.get("inputs", [])),
+        data=cfg.data, train=len(ctx.data.y_train), calibration=quant["calibration"]["name"],
+        calib_n=quant["calibration"]["size"], seed=cfg.seed, test=test_samples,
+        labels=", ".join(map(str, data_info["classes"][:20])) if data_info.get("classes") else "none (regression)",
+        metric=metric.name, direction=metric.direction, teacher=f"{teacher:.4f}" if teacher is not None else "n/a",
+        accuracy=f"{art['accuracy']:.4f}" if art["accuracy"] is not None else "n/a",
+        drop="n/a" if drop is None else (f"{abs(drop):.4f} {'worse' if drop > 0 else 'better'} than the teacher"
+                                         + (": a gain" if drop < 0 else "")),
+        budget=t.budgets.max_accuracy_drop,
+        float_layers=", ".join(f"{f['layer']} ({f['reason']})" for f in quant.get("float_layers", [])) or "none",
+        host=", ".join(filter(None, [platform.machine(), ", ".join(host_isa["isa"]) or None])) or "unknown",
+        host_isa="int8 dot-product instructions" if host_isa["int8_dot"] else "no int8 dot-product instructions",
+        isa_line=("the target assumes " + ", ".join(t.device.isa) + "." if t.device.isa else
+                  "the target names no instruction sets."),
+        licence=(": the default model is trained here on Fashion-MNIST (MIT licence, Zalando Research)"
+                 if cfg.model == "default" else ""))

@@ -64,7 +64,7 @@ class QuantizeStage(Stage):
         return {**self.sections(ctx), "backend": t.backend, "method": self.method(ctx), "io_dtype": t.io_dtype,
                 "float_precision": engine.float_precision(t), "max_drop": self.budget(ctx), "seed": ctx.config.seed,
                 "calibration_set": {"name": manifest["name"], "sha256": manifest["sha256"]},
-                "dynamic_batch": engine.dynamic_batch(t)}
+                "dynamic_batch": engine.dynamic_batch(t), "isa": list(t.device.isa)}
 
     def run(self, ctx: Context, out: Path) -> dict:
         t, ds, q = self.target, ctx.data, ctx.config.quantize
@@ -152,5 +152,5 @@ class QuantizeStage(Stage):
         job = QuantizeJob(target=t, dest=dest, tmp=tmp, calib=calib, held_x=held.x, method=self.method(ctx),
                           per_channel=q.per_channel, onnx_source=ctx.artifact(self.source, "model.onnx"),
                           source=source, to_quantize=to_quantize, example=example, model_name=spec.path.name,
-                          dynamic_batch=engine.dynamic_batch(t), prepared=prepared)
+                          dynamic_batch=engine.dynamic_batch(t), prepared=prepared, isa_aware=q.isa_aware)
         return engine.quantizer(job)

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.bundle.devicekit import cpu_isa
+from pipeline.isa import host_mismatch_note
 from pipeline.latency import host_facts
 from pipeline.report import html, render, schema
 from pipeline.runner import Context, Stage, write_json
@@ -75,12 +77,19 @@ class ReportStage(Stage):
     def run(self, ctx: Context, out: Path) -> dict:
         load = ctx.record("load")["metrics"]
         artifacts, teacher_acc = artifact_rows(ctx)
-        targets = []
+        targets, host_isa = [], cpu_isa()
         for t in ctx.targets:
             comp = ctx.record(f"compile-{t.name}")["metrics"]
             quant = ctx.record(f"quantize-{t.name}")["metrics"]
             targets.append(schema.target_summary(t, comp, quant, deliverable(artifacts, t.name, comp), teacher_acc,
                                                  artifacts, metric=ctx.task.primary))
+            settings = (quant.get("engine_meta") or {}).get("isa")
+            targets[-1]["isa"] = {"target": list(t.device.isa), "host": host_isa,
+                                  "int8_settings": None if settings is None else
+                                  {"reduce_range": settings["reduce_range"], "why": settings["why"]}}
+            mismatch = host_mismatch_note(t.name, list(t.device.isa), host_isa)
+            if mismatch:
+                targets[-1]["notes"].append(mismatch)
         stages = {name: ctx.record(name) for name in ctx.statuses if name != self.name}
         report = {
             "schema_version": schema.SCHEMA_VERSION,
@@ -96,7 +105,7 @@ class ReportStage(Stage):
             "stage_wall_s": {n: r["wall_s"] for n, r in stages.items()},
             "artifacts": artifacts,
             "targets": targets,
-            "host": host_facts(),
+            "host": {**host_facts(), "isa": host_isa},
             "toolchain": toolchain(),
         }
         report["stages"][self.name] = "ran"

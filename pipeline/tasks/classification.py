@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
+from pipeline.bundle.devicekit import task_metrics
 from pipeline.data import checks
 from pipeline.errors import UserError
 from pipeline.tasks.base import Metric, Task
@@ -34,10 +35,7 @@ class Classification(Task):
                                "its outputs (regression, or a FILE.py:NAME task plug-in)" if big else ""))
 
     def evaluate(self, outputs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        top1 = float(np.mean(outputs.argmax(1) == y))
-        k = min(5, outputs.shape[1])
-        top5 = float(np.mean((np.argsort(-outputs, axis=1)[:, :k] == y[:, None]).any(1)))
-        return {"top1": top1, "top5": top5}
+        return task_metrics(self.name, outputs, y)     # the bundle's device script computes the same
 
     def agreement(self, outputs: np.ndarray, reference: np.ndarray) -> float:
         return float(np.mean(outputs.argmax(1) == reference.argmax(1)))

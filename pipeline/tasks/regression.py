@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
+from pipeline.bundle.devicekit import task_metrics
 from pipeline.errors import UserError
 from pipeline.tasks.base import Metric, Task
 
@@ -35,8 +36,7 @@ class Regression(Task):
                             "return one prediction per target value (or pass --task classification for labels)")
 
     def evaluate(self, outputs: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        err = self._as_targets(outputs, y).astype(np.float64) - y
-        return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2)))}
+        return task_metrics(self.name, outputs, y)     # the bundle's device script computes the same
 
     def agreement(self, outputs: np.ndarray, reference: np.ndarray) -> float:
         """Share of samples whose prediction is within 5% of the reference's spread of the reference."""

@@ -156,9 +156,12 @@ class OnnxRuntime(base.Engine):
         return available()
 
     def quantizer(self, job: base.QuantizeJob) -> base.Quantizer:
+        from pipeline.isa import ort_int8_settings
+        isa = ort_int8_settings(job.target.device.isa, job.isa_aware)
+
         def build(onnx_in: Path, float_layers: Sequence[str]) -> dict:
-            return quantize_int8(onnx_in, job.calib, job.dest, method=job.method, exclude_nodes=float_layers,
-                                 per_channel=job.per_channel)
+            return {**quantize_int8(onnx_in, job.calib, job.dest, method=job.method, exclude_nodes=float_layers,
+                                    per_channel=job.per_channel, reduce_range=isa["reduce_range"]), "isa": isa}
         return onnx_quantizer(job, build, job.method, False,
                               "the target's own quantizer (onnxruntime quantize_static, exclude_nodes)")
 

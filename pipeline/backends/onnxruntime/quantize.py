@@ -41,13 +41,14 @@ class _ArrayReader:
 
 def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str = "minmax",
                   per_channel: bool = True, exclude_nodes: Sequence[str] = (),
-                  activation_symmetric: bool = False) -> dict:
+                  activation_symmetric: bool = False, reduce_range: bool = False) -> dict:
     """Static INT8 post-training quantization to a QDQ ONNX model for ONNX Runtime CPU.
 
     Weights: int8, symmetric, per output channel (when `per_channel`). Activations: see
     ACTIVATION_TYPE. `method` picks the calibration (minmax | percentile | entropy); `calib` is
     normalized inputs (Inputs, or one array for a single-input model); integer inputs (token ids, masks)
-    are fed as they are and never quantized. Nodes named in `exclude_nodes` stay in float.
+    are fed as they are and never quantized. Nodes named in `exclude_nodes` stay in float. `reduce_range`:
+    7-bit weights, for x86 CPUs without VNNI (pipeline/isa.py).
     """
     ort = ort_module()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -73,7 +74,7 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
         with contextlib.redirect_stdout(io.StringIO()):     # the histogram calibrators print progress lines
             quantize_static(
                 str(onnx_in), str(onnx_out), _ArrayReader(calib, batch),
-                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
                 activation_type=getattr(QuantType, ACTIVATION_TYPE), weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -95,6 +96,7 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
         "activation_symmetric": activation_symmetric,
         "weight_type": "QInt8",
         "per_channel": per_channel,
+        "reduce_range": reduce_range,
         "n_calibration": n_calib,
         "excluded": excluded,
         **qdq_summary(quantized),
