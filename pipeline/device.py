@@ -166,8 +166,15 @@ def _device_row(report: dict, t: dict, dr: dict) -> dict:
             f"outputs on {c['n']} golden samples: argmax agreement {c['top1_agreement']:.3f}"
             + ("" if c.get("accuracy_on_golden") is None else f", accuracy {c['accuracy_on_golden']:.3f}")
             + "; test-set accuracy is a host figure")
+    ev = dr.get("eval") or {}
+    if ev.get("value") is not None:
+        note = note.replace("; test-set accuracy is a host figure",
+                            f"; {ev['metric']} {ev['value']:.4f} on the {ev['samples']} labelled samples of "
+                            f"{ev['file']} (host {ev['host_value']:.4f} on the same samples)")
     fields = {"latency_p50_ms": lat["p50"], "latency_p90_ms": lat["p90"], "latency_ci95_ms": None,
-              "latency_where": "device", "note": note}
+              "latency_where": "device", "note": note, "accuracy": ev.get("value"),
+              "metrics": ev.get("metrics"), "accuracy_delta": None, "accuracy_where": "device" if ev else None,
+              "accuracy_samples": ev.get("samples")}
     # the row of an engine built on the device (reports before 1.1: the target's own-engine row without a file)
     row = next((a for a in report["artifacts"] if a["target"] == t["name"] and (
         a.get("device_engine") or (a["backend"] == t["backend"] and a.get("file") is None))), None)
@@ -179,7 +186,7 @@ def _device_row(report: dict, t: dict, dr: dict) -> dict:
         raise UserError(f"report has no row for the deliverable of target '{t['name']}'", "regenerate the report")
     name = f"{host['name']} (device)"
     report["artifacts"] = [a for a in report["artifacts"] if a["name"] != name]
-    row = {**host, **fields, "name": name, "accuracy": None, "accuracy_delta": None, "selected": None}
+    row = {**host, **fields, "name": name, "selected": None}
     report["artifacts"].insert(report["artifacts"].index(host) + 1, row)
     return row
 
@@ -208,6 +215,14 @@ def merge(run_dir: Path, files: list[Path]) -> list[str]:
                             f"run's hand-off has " + (f"sha256 {listed[:16]}" if listed else "no such file")
                             + f" (refusing to merge a measurement of another artifact)",
                             f"bench the bundle of {run_dir / 'handoff'}, or merge into the run that made the bundle")
+        ev = dr.get("eval")
+        if ev:
+            shipped = json.loads(manifest_path.read_text())["files"].get(ev["file"])
+            if shipped != ev.get("sha256"):
+                raise UserError(f"device report {path} measured its accuracy on {ev['file']} with sha256 "
+                                f"{str(ev.get('sha256'))[:16]}, this run's hand-off has "
+                                + (f"sha256 {shipped[:16]}" if shipped else "no such file"),
+                                "bench the bundle this run made, then merge again")
         row = _device_row(report, t, dr)
         lat, budget = dr["latency_ms"], t["budgets"]["latency_ms"]
         t["measured"]["latency_p50_ms"] = lat["p50"]
@@ -217,7 +232,13 @@ def merge(run_dir: Path, files: list[Path]) -> list[str]:
             "latency_p50_ms": lat["p50"], "latency_p90_ms": lat["p90"], "latency_p99_ms": lat["p99"], "runs": lat["n"],
             "top1_agreement_golden": dr["check"]["top1_agreement"], "accuracy_on_golden": dr["check"]["accuracy_on_golden"],
             "golden_samples": dr["check"]["n"], "layer_precisions": dr.get("layer_precisions"),
-            "report_file": path.name, "report_created": dr.get("created"), "written_by": dr.get("written_by")}
+            "report_file": path.name, "report_created": dr.get("created"), "written_by": dr.get("written_by"),
+            "isa": dr.get("isa"), "host_latency_p50_ms": t["measured"].get("host_latency_p50_ms"),
+            "eval": None if not ev else {
+                "file": ev["file"], "sha256": ev["sha256"], "samples": ev["samples"], "metric": ev["metric"],
+                "device": ev["value"], "host": ev["host_value"], "device_metrics": ev["metrics"],
+                "host_metrics": ev["host_metrics"],
+                "difference": None if ev["value"] is None or ev["host_value"] is None else ev["value"] - ev["host_value"]}}
         t["notes"] = [n for n in t["notes"] if not n.startswith("device report:")] + [f"device report: {row['note']}"]
         verdict = "n/a" if budget is None else ("met" if t["budgets_met"]["latency"] else "MISSED")
         lines.append(f"merged {path} into {report_path}: {t['name']} device p50 {lat['p50']:.3f} ms on "

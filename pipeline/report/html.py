@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any, Iterable, Sequence
 
+from pipeline.report import device_table
 from pipeline.report.render import MetricView
 
 NOT_MEASURED = "not measured here"
@@ -409,7 +410,7 @@ def _badge(ok: bool | None) -> str:
             None: f'<span class="badge na">{NOT_MEASURED}</span>'}[ok]
 
 
-def _target_card(t: dict, mv: MetricView) -> str:
+def _target_card(t: dict, mv: MetricView, report: dict | None = None) -> str:
     m, b, ok = t["measured"], t["budgets"], t["budgets_met"]
     drop = m.get("accuracy_drop")
     items = [
@@ -430,8 +431,13 @@ def _target_card(t: dict, mv: MetricView) -> str:
         items.append(f"<li>calibration {_e(cal.get('name'))} ({_e(cal.get('size'))} samples, seed {_e(cal.get('seed'))}, "
                      f"sha256 {_e(str(cal.get('sha256', ''))[:12])}), method {_e(t.get('calibration_method', ''))}</li>")
     items += [f"<li>note: {_e(n)}</li>" for n in t.get("notes", [])]
+    side = device_table.rows(report, t) if report else []
+    table = _table([("host vs device", False), ("host", True), ("device", True), ("device − host", True)],
+                   ["<tr>" + "".join(_cell(_e(v), "num" if i else "") for i, v in enumerate(r)) + "</tr>" for r in side]
+                   ) if side else ""
     return (f'<div class="card"><h3>{_e(t["name"])}: {_e(t.get("device", ""))}</h3>'
-            f'<div class="muted">{_e(t["backend"])}, {_e(t.get("precision", ""))}</div><ul>{"".join(items)}</ul></div>')
+            f'<div class="muted">{_e(t["backend"])}, {_e(t.get("precision", ""))}</div><ul>{"".join(items)}</ul>'
+            f'{table}</div>')
 
 
 def _stages_table(report: dict) -> str:
@@ -460,7 +466,7 @@ def html(report: dict) -> str:
         f"cores). Latency is measured on this host unless marked otherwise; \"{NOT_MEASURED}\" means it cannot "
         f"be measured on this host.</p></header>",
         '<section id="targets"><h2>Targets and budgets</h2><div class="cards">'
-        + "".join(_target_card(t, MetricView(report)) for t in report["targets"]) + "</div></section>",
+        + "".join(_target_card(t, MetricView(report), report) for t in report["targets"]) + "</div></section>",
         f'<section id="tradeoff"><h2>Accuracy vs host latency</h2>{_scatter(report, colors)}</section>',
         f'<section id="sizes"><h2>Size at each step</h2>{_waterfall(report, colors)}</section>',
         '<section id="attribution"><h2>What each step did</h2><p class="note">Teacher -&gt; pruned -&gt; '

@@ -1,6 +1,8 @@
 """Render a report dict as Markdown (reads well as a pull-request comment)."""
 from __future__ import annotations
 
+from pipeline.report import device_table
+
 
 def _f(v, fmt: str, none: str = "n/a") -> str:
     return none if v is None else format(v, fmt)
@@ -56,6 +58,7 @@ def markdown(r: dict) -> str:
                   f"- calibration: {t['calibration']['name']} ({t['calibration']['size']} samples, seed "
                   f"{t['calibration']['seed']}, sha256 {t['calibration']['sha256'][:12]}), method {t['calibration_method']}"]
         lines += [f"- note: {n}" for n in t["notes"]]
+        lines += device_table.markdown_lines(r, t)
         lines.append("")
     lines += ["## Stages", "", "| stage | status | wall s |", "| --- | --- | ---: |"]
     for name, status in r["stages"].items():

@@ -19,8 +19,8 @@ import numpy as np
 from pipeline import __version__, backends
 from pipeline.hashing import sha256_file
 from pipeline.runner import Context, Stage, read_json, write_json
-from pipeline.stages.handoff_docs import (MODEL_CARD, README, RUNTIME, budgets_lines, quantization_lines,
-                                          write_device_kit, write_eval_slice)
+from pipeline.stages.handoff_docs import (MODEL_CARD, README, RUNTIME, budgets_lines, kit_fingerprint,
+                                          quantization_lines, write_device_kit, write_eval_slice)
 from pipeline.stages.report import artifact_rows, deliverable, toolchain
 
 GOLDEN_SAMPLES = 16
@@ -70,7 +70,7 @@ class HandoffStage(Stage):
 
     def config_slice(self, ctx: Context) -> dict:
         return {"targets": [t.name for t in ctx.targets], "golden": GOLDEN_SAMPLES,
-                "eval_samples": ctx.config.handoff.eval_samples, "kit": 2}
+                "eval_samples": ctx.config.handoff.eval_samples, "kit": kit_fingerprint()}
 
     def run(self, ctx: Context, out: Path) -> dict:
         ds = ctx.data

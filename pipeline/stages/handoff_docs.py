@@ -18,6 +18,12 @@ RUNTIME = {"onnxruntime": "onnxruntime", "tflite": "ai-edge-litert (or tflite-ru
            "tensorrt": "TensorRT's Python bindings (JetPack: python3-libnvinfer) and cuda-python or torch"}
 
 
+def kit_fingerprint() -> dict:
+    """sha256 of every shipped device file: a changed kit makes the handoff stage run again."""
+    from pipeline.hashing import sha256_file
+    return {n: sha256_file(p) for n, p in sorted({**DEVICE_KIT, "infer.cpp": BUNDLE_SRC / "infer.cpp"}.items())}
+
+
 def write_device_kit(tdir: Path, backend: str) -> None:
     for name, src in DEVICE_KIT.items():
         if not (tdir / name).exists():          # a TensorRT bundle already has devicekit.py / hashing.py
