@@ -95,7 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="device_report.json", help="device report to write (default %(default)s)")
     b.add_argument("--warmup", type=int, default=50, help="untimed runs before timing")
     b.add_argument("--runs", type=int, default=1000, help="timed runs")
-    b.add_argument("--threads", type=int, default=2, help="CPU threads for tflite/onnxruntime bundles")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for tflite/onnxruntime bundles "
+                   "(default 2 here; with --remote, the target's)")
+    b.add_argument("--remote", metavar="USER@HOST[:PORT]", help="bench on this device over SSH: copy the bundle, run its "
+                   "run_on_device.py there, fetch the report, verify and merge it into the run's report")
+    b.add_argument("--remote-python", default="python3", help="the device's Python (default %(default)s)")
+    b.add_argument("--ssh-config", help="an ssh_config file instead of ~/.ssh/config (or EDGE_COMPRESS_SSH_CONFIG)")
+    b.add_argument("--remote-dir", default=".cache/edge-compress",
+                   help="where bundles go on the device: relative to its home, or absolute (default %(default)s)")
+    b.add_argument("--remote-timeout", type=float, default=600.0, help="seconds per remote step (default %(default)s)")
 
     rp = sub.add_parser("report", help="merge device reports into a run's report (report.json/md/html)")
     rp.add_argument("run_dir", help="the run folder (holds report.json and handoff/)")
@@ -171,7 +179,15 @@ def cmd_verify(a) -> int:
 
 def cmd_bench(a) -> int:
     from pipeline import device
-    report = device.bench(Path(a.bundle), a.target, Path(a.out), warmup=a.warmup, runs=a.runs, threads=a.threads)
+    if a.remote:
+        from pipeline import remote
+        host, port = remote.parse_remote(a.remote)
+        r = remote.Remote(host, port, python=a.remote_python, ssh_config=a.ssh_config, timeout_s=a.remote_timeout,
+                          root=a.remote_dir)
+        lines, report = remote.bench_remote(r, Path(a.bundle), a.target, a.runs, a.warmup, a.threads)
+        print("\n".join(lines))
+        return device.exit_code(report)
+    report = device.bench(Path(a.bundle), a.target, Path(a.out), warmup=a.warmup, runs=a.runs, threads=a.threads or 2)
     print(device.summary(report, Path(a.out)))
     return device.exit_code(report)
 
