@@ -202,8 +202,12 @@ class PruneConfig(Strict):
         "macs", description="what the search aims at: macs_reduction, params_reduction, ratio or latency_ms")
     params_reduction: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of parameters to remove (budget=params)")
     ratio: float = Field(0.5, ge=0.0, lt=1.0, description="channel pruning ratio of every group (budget=ratio)")
-    latency_ms: Optional[float] = Field(None, gt=0, description="host ONNX Runtime FP32 p50 goal (budget=latency)")
+    latency_ms: Optional[float] = Field(None, gt=0, description="ONNX Runtime FP32 p50 goal (budget=latency), on the host or latency_remote")
     latency_runs: int = Field(50, ge=5, description="timed runs per latency measurement (budget=latency)")
+    latency_remote: Optional[str] = Field(None, description=(
+        "user@host[:port]: time latency-budget candidates on this device over SSH (ONNX Runtime FP32 there, "
+        "the ssh config and keys of bench --remote) instead of on the host"))
+    latency_remote_python: str = Field("python3", description="the device's Python for latency_remote")
     max_layer_ratio: float = Field(0.75, gt=0.0, le=1.0, description="most of any one group pruned (global pruning)")
     ignore_stem: bool = Field(False, description="never prune the first conv/linear layer (the input stem)")
     iterative_steps: int = Field(1, ge=1, le=10, description="prune in this many steps, with a short KD between")

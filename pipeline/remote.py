@@ -59,6 +59,8 @@ class Remote:
     timeout_s: float = 600.0
     root: str = REMOTE_ROOT        # where bundles go on the device: relative to its home, or absolute
     steps: list[dict] = field(default_factory=list)   # {"step", "seconds"} of each step, for the summary
+    made: set = field(default_factory=set)             # remote folders made in this session
+    rsync: bool | None = None                          # both ends have rsync (None: not asked yet)
 
     @property
     def name(self) -> str:
@@ -137,7 +139,7 @@ def ssh_error(name: str, step: str, rc: int, stderr: str, python: str) -> UserEr
 # ---------------------------------------------------------------- the steps
 def probe(r: Remote, modules: list[str], need_bytes: int) -> dict:
     """Python, numpy and the runtime on the device, and room for the bundle; one line for what is missing."""
-    res = r.run("probe", [r.python, "-c", PROBE, r.root, "numpy", *modules], timeout=60 + CONNECT_TIMEOUT_S, check=False)
+    res = r.run("probe", [r.python, "-c", PROBE, r.root, "numpy", *modules], check=False)
     if res.returncode != 0:
         raise ssh_error(r.name, "probe", res.returncode, res.stderr, r.python)
     try:
@@ -158,9 +160,13 @@ def probe(r: Remote, modules: list[str], need_bytes: int) -> dict:
 
 def copy(r: Remote, files: list[Path], remote_dir: str) -> str:
     """The files into remote_dir (under the device's home): rsync when both ends have it, else scp."""
-    r.run("mkdir", ["mkdir", "-p", remote_dir])
-    have_rsync = shutil.which("rsync") and r.run("rsync check", ["sh", "-c", "command -v rsync"], check=False).returncode == 0
-    if have_rsync:
+    if remote_dir not in r.made:
+        r.run("mkdir", ["mkdir", "-p", remote_dir])
+        r.made.add(remote_dir)
+    if r.rsync is None:
+        r.rsync = bool(shutil.which("rsync")) and r.run("rsync check", ["sh", "-c", "command -v rsync"],
+                                                        check=False).returncode == 0
+    if r.rsync:
         ssh = " ".join(shlex.quote(a) for a in r.ssh_cmd()[:-1])
         r.run("copy (rsync)", ["rsync", "-a", "--checksum", "--delete", "-e", ssh, *map(str, files),
                                f"{r.host}:{remote_dir}/"], remote=False)
@@ -214,3 +220,30 @@ def bench_remote(r: Remote, bundle: Path, target: str | None, runs: int, warmup:
             *[f"  {line}" for line in out.stdout.strip().splitlines()]]
     steps = ", ".join(f"{s['step']} {s['seconds']:.2f} s" for s in r.steps)
     return [*head, *lines, f"steps: {steps}"], dr
+
+
+# ---------------------------------------------------------------- latency-budget pruning on the device
+def latency_on_device(spec: str, python: str, threads: int, runs: int, scratch: Path):
+    """`latency(model) -> {"p50_ms", ...}` for prune.budget=latency that times each candidate on the device
+    (ONNX Runtime FP32 there, as on the host otherwise): exported here, copied, timed by run_on_device.py."""
+    import tempfile
+
+    from pipeline.backends.onnxruntime import export_onnx
+    from pipeline.stages.handoff_docs import DEVICE_KIT
+    host, port = parse_remote(spec)
+    r = Remote(host, port, python=python)
+    where = f"{r.root.rstrip('/')}/prune-timing"
+    probe(r, ["onnxruntime"], 1 << 20)
+    copy(r, [DEVICE_KIT[n] for n in KIT], where)
+
+    def latency(model, example) -> dict:
+        with tempfile.TemporaryDirectory(prefix=".remote-latency-", dir=scratch) as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            export_onnx(model, example, path)
+            copy(r, [path], where)
+        out = r.run("time", ["sh", "-c", f"cd {shlex.quote(where)} && exec {shlex.quote(python)} run_on_device.py "
+                             f"time candidate.onnx --runs {runs} --warmup 10 --threads {threads}"])
+        lat = json.loads(out.stdout.strip().splitlines()[-1])
+        return {"p50_ms": lat["p50"], "p50_ci95_ms": None, "runs": runs, "threads": threads, "where": r.name,
+                "isa": lat.get("isa")}
+    return latency

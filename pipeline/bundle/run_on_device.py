@@ -229,14 +229,39 @@ def tensorrt_bench(a, manifest: dict) -> int:
     return rc
 
 
+def time_onnx(path: Path, threads: int, warmup: int, runs: int) -> int:
+    """p50/p90 of one ONNX Runtime inference of `path` on zeros of its input shapes, as JSON on stdout."""
+    try:
+        model = OrtModel(path, threads, {})
+    except RuntimeMissing as e:
+        print(f"error: timing needs onnxruntime, which does not import here ({e}); fix: {INSTALL['onnxruntime']}",
+              file=sys.stderr)
+        return MISSING_RUNTIME
+    feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
+                             np.int64 if "int64" in i.type else np.float32) for i in model.inputs}
+    for _ in range(warmup):
+        model.run_raw(feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        model.run_raw(feed)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    print(json.dumps({**device_latency(times, warmup, 1, "ONNX Runtime FP32 on this device's CPU"),
+                      "threads": threads, "isa": cpu_isa()}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Check and measure this bundle on the device (numpy + runtime only).")
-    ap.add_argument("command", choices=("verify", "bench"))
+    ap.add_argument("command", choices=("verify", "bench", "time"))
+    ap.add_argument("model", nargs="?", help="time: an FP32 ONNX to time with ONNX Runtime (latency-budget pruning)")
     ap.add_argument("--out", default="device_report.json", help="bench: the device report to write")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: the target's)")
     a = ap.parse_args(argv)
+    if a.command == "time":
+        return time_onnx(Path(a.model), a.threads or 1, a.warmup, a.runs)
     manifest = json.loads((HERE / "manifest.json").read_text())
     backend, threads = manifest["backend"], a.threads or manifest.get("threads") or 2
     if a.runs < 5 or a.warmup < 0 or threads < 1:

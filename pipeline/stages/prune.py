@@ -48,7 +48,15 @@ class PruneStage(Stage):
             kd = KDSettings(calibration_batches(ds, seed + 1, cfg.step_kd_batches * d.batch_size, d.batch_size),
                             d.temperature, d.alpha, loss_fn=ctx.task.distill_loss)
         threads = min(t.threads for t in ctx.targets)
-        student, search_record = prune_to_budget(teacher, example, cfg, setup, threads, kd, scratch=out)
+        latency = None
+        if cfg.budget == "latency" and cfg.latency_remote:
+            from pipeline.remote import latency_on_device
+            on_device = latency_on_device(cfg.latency_remote, cfg.latency_remote_python, threads, cfg.latency_runs, out)
+
+            def latency(m):
+                return on_device(m, example)
+        student, search_record = prune_to_budget(teacher, example, cfg, setup, threads, kd, latency=latency,
+                                                 scratch=out)
         check_pruned(teacher, student, example)
         macs, params = models.count_macs(student, example), models.count_params(student)
         models.save_model(student, out / "model.pt")
