@@ -11,6 +11,9 @@ need_apt=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 [ -f /usr/lib/R/site-library/modeldata/data/Rdata.rdb ] || need_apt+=(r-cran-modeldata)  # small_fine_foods reviews
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
+# the SSH bench tests start their own sshd on 127.0.0.1 (tests/device_env.py); rsync copies bundles
+if [ "${1:-}" = "--test" ] && [ ! -x /usr/sbin/sshd ]; then need_apt+=(openssh-server); fi
+if [ "${1:-}" = "--test" ] && ! command -v rsync >/dev/null; then need_apt+=(rsync); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interleaved-runs", type=int, default=None, metavar="N",
                    help="rounds of interleaved baseline/candidate timing (default 60; 0: compare stored figures)")
     g.add_argument("--threads", type=int, help="inference threads for interleaved timing (default 1)")
+    g.add_argument("--device", action="store_true", help="compare the figures measured on the device (merged device "
+                   "reports: accuracy on the bundle's eval slice, device latency) instead of the host's")
     g.add_argument("--junit", help="write JUnit XML here (one testcase per check)")
     g.add_argument("--markdown", help="write a Markdown summary here")
     g.add_argument("--update-baseline", action="store_true",
@@ -164,7 +166,7 @@ def cmd_gate(a) -> int:
                        max_latency_regression_pct=a.max_latency_regression_pct, max_size_mb=a.max_size_mb,
                        baseline_run=Path(a.baseline_run) if a.baseline_run else None,
                        rounds=gate.DEFAULT_ROUNDS if a.interleaved_runs is None else a.interleaved_runs,
-                       threads=a.threads, progress=gate_output.progress_to_stderr)
+                       threads=a.threads, device=a.device, progress=gate_output.progress_to_stderr)
     print(gate_output.text(result))
     gate_output.write_outputs(result, Path(a.junit) if a.junit else None, Path(a.markdown) if a.markdown else None)
     return result.exit_code

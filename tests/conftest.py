@@ -98,3 +98,21 @@ def repo_data_folders_untouched():
     yield
     after = snapshot()
     assert after == before, f"tests changed committed data: {sorted(set(after.items()) ^ set(before.items()))[:4]}"
+
+
+@pytest.fixture(scope="session")
+def device_py(tmp_path_factory) -> Path:
+    """A Python environment with only numpy and the runtimes, standing in for a device's (tests/device_env.py)."""
+    from device_env import device_python
+    return device_python(tmp_path_factory.mktemp("device-env") / "venv")
+
+
+@pytest.fixture(scope="session")
+def ssh_device(tmp_path_factory):
+    """An OpenSSH server on 127.0.0.1 (a free high port, a key made for the test, the current user)."""
+    from device_env import SSHD, SshServer
+    if not Path(SSHD).is_file():
+        pytest.skip("no sshd here: ./setup.sh --test installs openssh-server")
+    server = SshServer(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()

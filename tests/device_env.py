@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +79,31 @@ class SshServer:
                     return self
             time.sleep(0.1)
         raise RuntimeError("sshd did not listen within 20 s")
+
+    def _sessions(self) -> list[int]:
+        """Pids of the session processes this server forked (its children)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def session_running(self, text: str) -> bool:
+        """Whether a process under one of this server's sessions has `text` in its command line."""
+        out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+        procs = {int(a): (int(b), c) for a, b, c in (line.split(None, 2) for line in out.splitlines()[1:]
+                                                     if len(line.split(None, 2)) == 3)}
+        def under(pid: int) -> bool:
+            while pid in procs and pid > 1:
+                if pid == self.proc.pid:
+                    return True
+                pid = procs[pid][0]
+            return False
+        return any(text in args and under(pid) for pid, (_, args) in procs.items())
+
+    def drop_sessions(self) -> int:
+        """Kill this server's session processes (a dropped connection); the listener stays up."""
+        pids = self._sessions()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        return len(pids)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

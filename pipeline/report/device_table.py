@@ -45,3 +45,15 @@ def markdown_lines(report: dict, t: dict) -> list[str]:
              "| figure | host | device | device − host |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in r]
     return lines + [""]
+
+
+def device_rows(report: dict, target: str, what: str) -> dict[str, dict]:
+    """The artifact rows of `target` measured on the device (merged device reports), for `gate --device`."""
+    from pipeline.errors import UserError
+    rows = {a["name"]: a for a in report["artifacts"]
+            if a.get("target") == target and a.get("latency_where") == "device"}
+    if not rows:
+        raise UserError(f"the {what} report has no device figures for target '{target}'",
+                        "merge a device report into it first (python -m pipeline bench --remote USER@HOST --bundle "
+                        "RUN/handoff, or report RUN --device-report FILE)")
+    return rows

@@ -90,6 +90,7 @@ from pipeline.config import Target, load_target
 from pipeline.errors import UserError
 from pipeline.latency import median_ci
 from pipeline.report import schema
+from pipeline.report.device_table import device_rows
 from pipeline.hashing import sha256_file
 from pipeline.tasks import Metric
 
@@ -425,10 +426,10 @@ def check_latency_stored(name: str, base: dict, cand: dict, budget: Budget, host
 def gate(candidate_path: Path, baseline_path: Path, *, target: str | None = None,
          max_accuracy_drop: float | None = None, max_latency_regression_pct: float | None = None,
          max_size_mb: float | None = None, baseline_run: Path | None = None, rounds: int = DEFAULT_ROUNDS,
-         burst: int = BURST, threads: int | None = None,
+         burst: int = BURST, threads: int | None = None, device: bool = False,
          progress: Callable[[str], None] | None = None) -> GateResult:
     """Compare `candidate_path` with `baseline_path` (both report.json); `rounds` 0 uses stored latencies only,
-    `threads` None times with TIMING_THREADS."""
+    `threads` None times with TIMING_THREADS; `device` compares only the figures measured on the device."""
     if rounds and rounds < MIN_ROUNDS:
         raise UserError(f"--interleaved-runs {rounds} is too few for a confidence interval",
                         f"use {MIN_ROUNDS} or more, or 0 to compare the stored figures")
@@ -455,6 +456,8 @@ def gate(candidate_path: Path, baseline_path: Path, *, target: str | None = None
         return {a["name"]: a for a in r["artifacts"] if a.get("target") in (None, t.name)}
 
     b_arts, c_arts = mine(base), mine(cand)
+    if device:
+        b_arts, c_arts = device_rows(base, t.name, "baseline"), device_rows(cand, t.name, "candidate")
     # The size budget holds what the target ships (its deliverable), not comparison artifacts.
     shipped = {x["deliverable"] for x in cand.get("targets", []) if x.get("name") == t.name and x.get("deliverable")}
     result = GateResult(Path(candidate_path), Path(baseline_path), t.name, budget)
