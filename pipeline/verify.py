@@ -47,7 +47,7 @@ PACKAGING = ("stage.json", "handoff.tar.gz")        # the handoff stage's own re
 ABSOLUTE_PATH = re.compile(rb"(?<![\w.~-])(/home/|/root/|/tmp/|/work/|/Users/|/private/var/|/var/folders/|/mnt/|"
                            rb"[A-Za-z]:\\Users\\)")
 TOOLCHAIN_KEYS = ("python", "edge-compress")
-DEVICE_BUILT = ("model.plan",)                      # what a device build writes into the bundle: noted, not failed
+DEVICE_BUILT = ("model.plan", "device_report.json")  # what a device run writes into the bundle: noted, not failed
 # A real bundle is a few MB; a tarball is refused, before anything is extracted, past these sizes.
 MAX_FILE_BYTES = 512 << 20
 MAX_BUNDLE_BYTES = 1 << 30

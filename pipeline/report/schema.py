@@ -20,7 +20,8 @@ device"), budgets {max_accuracy_drop (in the metric's units), latency_ms, max_si
 latency_p50_ms (device figure, null until a device report is merged), host_latency_p50_ms},
 budgets_met {accuracy, size, latency: true | false | null (not measured)}, roofline_bound_ms,
 calibration {name, sha256, size, seed}, float_layers[] (layers the quantize stage kept in float; reasons
-in notes), notes[].
+in notes), isa {target [names], host {arch, isa, int8_dot}, int8_settings {reduce_range, why} | null}
+(a note says so when the host's ISA differs from the target's for INT8), notes[]. host has isa too.
 
 Device reports (merged with `python -m pipeline report RUN_DIR --device-report FILE`)
 -----------------------------------------------------------------------------------
@@ -37,17 +38,21 @@ layer_precisions {precision: layer count} | null (null where the runtime does no
 check {n, max_abs_err, mean_abs_err, atol, rtol, within_tolerance, top1_agreement,
 min_top1_agreement, accuracy_on_golden (vs golden.npz labels; null without labels), passed},
 latency_ms {n, p50, p90, p99, mean, min, max, warmup, batch, where ("device"), what}, and error (a
-string, only when the run failed; check/latency_ms are then null).
+string, only when the run failed; check/latency_ms are then null). Written by the bundle's
+run_on_device.py (and `bench`) also: isa {arch, isa [names], int8_dot} of the device's CPU, and eval
+{file, sha256, samples, metric, value, metrics, host_value, host_metrics, seconds} (the task's metrics
+on the bundle's labelled slice eval.npz, next to the host's on the same samples) | null.
 
 Merging one refuses a report whose artifact sha256 is not the one in RUN_DIR/handoff/<target>/
 manifest.json, whose golden check failed, or that has an error. It sets targets[].measured.
 latency_p50_ms and budgets_met.latency from latency_ms.p50, adds targets[].device_measurement
 {device, runtime, artifact, sha256, latency_p50_ms, latency_p90_ms, latency_p99_ms, runs,
 top1_agreement_golden, accuracy_on_golden, golden_samples, layer_precisions, report_file,
-report_created, written_by} and a "device report: ..." note, and carries the figure on an artifact row
+report_created, written_by, isa, host_latency_p50_ms, eval {file, sha256, samples, metric, device, host,
+device_metrics, host_metrics, difference (device - host)} | null} and a "device report: ..." note, and carries the figure on an artifact row
 with latency_where "device": the TensorRT engine's row, or for TFLite / ONNX Runtime a new row
-"<deliverable> (device)" beside the host-measured one (its accuracy stays null: test-set accuracy is
-a host figure). Only the run folder's top-level report.json/md/html are rewritten (report/ keeps the
+"<deliverable> (device)" beside the host-measured one (its accuracy is the device's figure on the eval slice, accuracy_where "device", accuracy_samples;
+null for a report without eval). Only the run folder's top-level report.json/md/html are rewritten (report/ keeps the
 report stage's own output, so its stage record stays valid).
 """
 from __future__ import annotations
