@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.hashing import sha256_file
 
 REMOTE_ROOT = ".cache/edge-compress"
 CONNECT_TIMEOUT_S = 15
@@ -200,7 +201,7 @@ def bench_remote(r: Remote, bundle: Path, target: str | None, runs: int, warmup:
                         "pass runs/<id>/handoff of the run the device report is to be merged into")
     files = sorted(p for p in tdir.iterdir() if p.is_file() and p.name in {*manifest["files"], "manifest.json", "README.md"})
     probe(r, [RUNTIME_MODULES[manifest["backend"]]], sum(p.stat().st_size for p in files))
-    remote_dir = f"{r.root.rstrip('/')}/{manifest['target']}-{device.sha256_file(tdir / 'manifest.json')[:12]}"
+    remote_dir = f"{r.root.rstrip('/')}/{manifest['target']}-{sha256_file(tdir / 'manifest.json')[:12]}"
     how = copy(r, files, remote_dir)
     argv = ["sh", "-c", f"cd {shlex.quote(remote_dir)} && exec {shlex.quote(r.python)} run_on_device.py bench "
             f"--out device_report.json --runs {runs} --warmup {warmup}" + (f" --threads {threads}" if threads else "")]

@@ -63,6 +63,18 @@ def small_run(small_npz: Path, run_cli, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture
+def run_copy(small_run, tmp_path) -> Path:
+    """The small run's top-level reports and its hand-off, copied so that a merge can rewrite them."""
+    import shutil
+    dest = tmp_path / "run"
+    dest.mkdir()
+    for f in ("report.json", "report.md", "report.html"):
+        shutil.copyfile(small_run / f, dest / f)
+    shutil.copytree(small_run / "handoff", dest / "handoff", ignore=shutil.ignore_patterns("*.tar.gz"))
+    return dest
+
+
 def _train_briefly(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 100,
                    one_thread: bool = True) -> torch.nn.Module:
     """Adam (lr 3e-3) on random batches of 64: enough for a small net to mean something. Seed first."""

@@ -130,3 +130,16 @@ def test_isa_settings_follow_the_target():
     note = host_mismatch_note("x86-cpu", ["avx2", "avx512_vnni"], amd)
     assert "host figures" in note and "another ISA" in note
     assert "another ISA" in host_mismatch_note("rpi", ["neon", "dotprod"], amd)
+
+
+def test_report_records_the_host_isa_and_says_when_it_is_another(small_run):
+    from pipeline.isa import int8_behaviour
+    report = json.loads((small_run / "report.json").read_text())
+    host = cpu_isa()
+    assert report["host"]["isa"] == host
+    android = next(t for t in report["targets"] if t["name"] == TARGET)
+    assert android["isa"]["target"] == ["neon", "dotprod"]
+    other = int8_behaviour(host["isa"]) != "arm"
+    assert any("another ISA" in n for n in android["notes"]) == other
+    x86 = json.loads((small_run / "quantize-jetson" / "stage.json").read_text())["metrics"]["engine_meta"]
+    assert "isa" not in x86        # TensorRT's QDQ ONNX is not an ONNX Runtime CPU build: no ISA settings

@@ -22,17 +22,6 @@ def run_dir(small_run) -> Path:
     return small_run
 
 
-@pytest.fixture
-def run_copy(run_dir, tmp_path) -> Path:
-    """The run's top-level reports and its hand-off, copied so the merge can rewrite them."""
-    dest = tmp_path / "run"
-    dest.mkdir()
-    for f in ("report.json", "report.md", "report.html"):
-        shutil.copyfile(run_dir / f, dest / f)
-    shutil.copytree(run_dir / "handoff", dest / "handoff", ignore=shutil.ignore_patterns("*.tar.gz"))
-    return dest
-
-
 def hand_written(run: Path, target: str, p50: float) -> dict:
     manifest = json.loads((run / "handoff" / target / "manifest.json").read_text())
     art = manifest["deliverable"]

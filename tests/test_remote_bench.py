@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,16 +16,6 @@ import pytest
 from conftest import ROOT
 
 TARGET = "android"
-
-
-@pytest.fixture
-def run_copy(small_run, tmp_path) -> Path:
-    dest = tmp_path / "run"
-    dest.mkdir()
-    for f in ("report.json", "report.md", "report.html"):
-        shutil.copyfile(small_run / f, dest / f)
-    shutil.copytree(small_run / "handoff", dest / "handoff", ignore=shutil.ignore_patterns("*.tar.gz"))
-    return dest
 
 
 def bench(ssh_device, run: Path, python, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -175,7 +175,7 @@ def model_card(ctx: Context, t, art: dict, quant: dict, load: dict, data_info: d
         precision=art["precision"], size_kb=(art.get("size_bytes") or 0) / 1024, device=t.device.name,
         task=ctx.task.name.capitalize(), inputs=", ".join(f"{i['name']} {i['kind']} {i['shape']}"
                                                           for i in data_info.get("inputs", [])),
-        data=cfg.data, train=len(ctx.data.y_train), calibration=quant["calibration"]["name"],
+        data=load["data"], train=len(ctx.data.y_train), calibration=quant["calibration"]["name"],
         calib_n=quant["calibration"]["size"], seed=cfg.seed, test=test_samples,
         labels=", ".join(map(str, data_info["classes"][:20])) if data_info.get("classes") else "none (regression)",
         metric=metric.name, direction=metric.direction, teacher=f"{teacher:.4f}" if teacher is not None else "n/a",

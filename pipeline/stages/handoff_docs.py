@@ -94,9 +94,9 @@ MODEL_CARD = """# Model card: {model} ({target})
 
 **Intended use.** {task} of inputs like the training data ({inputs}) on {device}. Not validated for
 inputs from another distribution (other sensors, resolutions, lighting, languages) without measuring
-it on them first: run `run_on_device.py bench` with an evaluation slice of your own data.
+it on a labelled sample of them first (`eval.npz` shows the format `run_on_device.py bench` reads).
 
-**Data.** Trained / distilled on `{data}` ({train} training samples); calibrated on `{calibration}`
+**Data.** `{data}`: {train} training samples (teacher training, pruning, distillation); calibrated on `{calibration}`
 ({calib_n} samples, seed {seed}); evaluated on {test} test samples. Labels: {labels}.
 
 **Metrics.** {metric} ({direction}): teacher {teacher}, this deliverable {accuracy} on the host
