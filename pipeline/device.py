@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import backends
-from pipeline.bundle.devicekit import (REPORT_VERSION, cpu_isa, device_latency, device_report, golden_check,
-                                       golden_inputs)
+from pipeline.bundle.devicekit import REPORT_VERSION, device_latency, device_report, golden_check, golden_inputs
 from pipeline.bundle.run_on_device import evaluate
 from pipeline.errors import UserError
 from pipeline.latency import measure
@@ -77,7 +76,6 @@ def cpu_bench(engine, tdir: Path, manifest: dict, warmup: int, runs: int, thread
         x, y, labels = golden_inputs(g), g["y"], (g["labels"] if "labels" in g.files else None)
     gold = manifest["golden"]
     report["check"] = golden_check(runner.run(x), y, labels, gold["max_abs"], 0.0, gold["min_argmax_agreement"])
-    report["isa"] = cpu_isa()
     names = [i["name"] for i in manifest.get("inputs", [])]
     report["eval"] = evaluate(lambda arrays: runner.run(arrays[0] if len(arrays) == 1 else dict(zip(names, arrays))),
                               manifest, tdir)

@@ -130,6 +130,9 @@ def ssh_error(name: str, step: str, rc: int, stderr: str, python: str) -> UserEr
     for needle, problem, fix in CONNECT_ERRORS:
         if needle.lower() in stderr.lower():
             return UserError(f"{name}: {step} failed: {problem}", fix)
+    if rc == 255:                 # ssh's own failure, with no message we know: the link
+        return UserError(f"{name}: {step} failed: the SSH connection failed or dropped (ssh exit 255)",
+                         "check the link and the device, then run the same command again")
     if rc in (126, 127) and python.split("/")[-1] in stderr or "not found" in stderr and rc == 127:
         return UserError(f"{name}: there is no {python} on the device", "install Python 3 there, or pass "
                          "--remote-python with the path of one that has numpy and the runtime")

@@ -64,7 +64,7 @@ def device_report(written_by: str, artifact: str | Path, runtime: dict, gpu: boo
     """A device report (schema: pipeline/report/schema.py) holding what is known before any work: who
     wrote it, the target (from the manifest.json beside the artifact), this device, the runtime, and the
     artifact's sha256 beside the one its manifest lists. The caller fills in engine, build,
-    layer_precisions, check and latency_ms (None until measured), or error."""
+    layer_precisions, check, latency_ms and eval (None until measured), or error; isa is this CPU's."""
     from datetime import datetime, timezone
 
     artifact = Path(artifact)
@@ -79,7 +79,8 @@ def device_report(written_by: str, artifact: str | Path, runtime: dict, gpu: boo
             "tensorrt": runtime["version"] if gpu else None,     # a GPU report comes from a TensorRT engine
             "artifact": {"file": artifact.name, "sha256": sha, "manifest_sha256": listed,
                          "matches_manifest": None if listed is None or sha is None else listed == sha},
-            "engine": None, "build": None, "layer_precisions": None, "check": None, "latency_ms": None}
+            "engine": None, "build": None, "layer_precisions": None, "check": None, "latency_ms": None,
+            "isa": cpu_isa(), "eval": None}
 
 
 def golden_check(out: np.ndarray, y: np.ndarray, labels: np.ndarray | None, atol: float, rtol: float,
