@@ -8,7 +8,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Union, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -256,7 +256,12 @@ class RunConfig(Strict):
     model: str = "default"
     weights: Optional[str] = None
     data: str = "fashion-mnist"
-    input_shape: Optional[list[int]] = None
+    input_shape: Optional[Union[list[int], dict[str, list[int]]]] = Field(
+        None, description="per-input shapes with the batch axis, {name: [1, 3, 224, 224]} (a list names the first "
+        "input); must agree with the data")
+    dynamic: dict[str, list[int]] = Field(
+        default_factory=dict, description="dynamic axes {batch|seq|NAME:AXIS: [lo, hi]}: ONNX symbolic dims, "
+        "TensorRT profiles, one latency row per shape")
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     trust_model: bool = False

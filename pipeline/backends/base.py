@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
@@ -98,6 +98,7 @@ class QuantizeJob:
     model_name: str                  # for messages
     dynamic_batch: bool = False
     prepared: Optional[dict] = None  # what dfq did (None: nothing)
+    dynamic: Any = None              # the run's dynamic axes (pipeline/data/shapes.Dynamic)
 
 
 @dataclass
@@ -113,6 +114,8 @@ class CompileJob:
     example: Any                         # a torch tensor of one normalized input
     input_shape: list[int]
     choose: Callable[[Any, dict[str, str]], tuple[str, dict]]   # (engine, {precision: file}) -> choice, measured
+    input_shapes: dict = field(default_factory=dict)             # {input: (1, ...)} from the data
+    dynamic: Any = None                                          # the run's dynamic axes (data/shapes.Dynamic)
 
 
 @dataclass

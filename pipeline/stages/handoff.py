@@ -87,6 +87,24 @@ def deterministic_tar(src: Path, names: list[str], dest: Path) -> None:
         gz.write(buf.getvalue())
 
 
+def manifest_inputs(data_inputs: list[dict], runtime: list[dict], dyn) -> list[dict]:
+    """Every input as the data and the deliverable see it: name, kind, dtype and per-sample shape, the
+    runtime tensor (its shape with null for a dynamic dim; int32 ids where the engine needs them), and
+    for each dim the deliverable leaves dynamic its declared range (--dynamic); a fixed-shape engine
+    (TFLite) keeps the data's shape, and says so."""
+    out = []
+    for i, e in zip(data_inputs, runtime):
+        axes = {str(a.axis): {"symbol": a.symbol, "min": a.lo, "max": a.hi} for a in dyn.axes
+                if a.input == i["name"] and a.axis < len(e["shape"]) and e["shape"][a.axis] is None}
+        entry = {**i, "runtime": e}
+        if axes:
+            entry["dynamic_axes"] = axes
+        elif dyn and any(a.input == i["name"] for a in dyn.axes):
+            entry["fixed_shape"] = "this engine takes one fixed shape (the runtime shape); --dynamic applies to ONNX/TensorRT"
+        out.append(entry)
+    return out
+
+
 class HandoffStage(Stage):
     name = "handoff"
 
@@ -94,7 +112,8 @@ class HandoffStage(Stage):
         self.inputs = tuple(inputs)
 
     def config_slice(self, ctx: Context) -> dict:
-        return {"targets": [t.name for t in ctx.targets], "golden": GOLDEN_SAMPLES}
+        return {"targets": [t.name for t in ctx.targets], "golden": GOLDEN_SAMPLES,
+                **({"dynamic": ctx.config.dynamic} if ctx.config.dynamic else {})}
 
     def run(self, ctx: Context, out: Path) -> dict:
         ds = ctx.data
@@ -105,6 +124,7 @@ class HandoffStage(Stage):
         bundle = out
         lock = {**toolchain(), "python": platform.python_version(), "edge-compress": __version__}
         x = ds.normalize(ds.x_test[:GOLDEN_SAMPLES])
+        dyn = ctx.dynamic()
         summary = {}
         for t in ctx.targets:
             comp_name, quant_name = f"compile-{t.name}", f"quantize-{t.name}"
@@ -127,7 +147,7 @@ class HandoffStage(Stage):
                 "deliverable": art["file"].split("/")[-1], "precision": comp.get("precision", t.precision),
                 "input": tensor_entry(meta.get("input"), "input", data_info["input_shape"],
                                       getattr(runner, "layout", "NCHW")),
-                "inputs": [{**i, "runtime": e} for i, e in zip(data_info.get("inputs", []), runner.io()["inputs"])],
+                "inputs": manifest_inputs(data_info.get("inputs", []), runner.io()["inputs"], dyn),
                 "task": data_info.get("task"),
                 "output": tensor_entry(meta.get("output"), "logits",
                                        [data_info["input_shape"][0], len(data_info["classes"])], None),

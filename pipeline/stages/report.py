@@ -47,6 +47,8 @@ def artifact_rows(ctx: Context) -> tuple[list[dict], float | None]:
             "params": r.get("params", lineage.get("params")), "macs": r.get("macs", lineage.get("macs")),
             "selected": r.get("selected"), "note": r.get("note", ""),
             **({"device_engine": True} if r.get("device_engine") else {}),
+            **({"host_proxy_of": r["host_proxy_of"]} if r.get("host_proxy_of") else {}),
+            **({"latency_by_shape": r["latency_by_shape"]} if r.get("latency_by_shape") else {}),
         })
     for row in rows:
         if row["accuracy"] is not None and teacher_acc is not None:
@@ -90,6 +92,7 @@ class ReportStage(Stage):
             "model": load["model"], "data": load["data"],
             "task": ctx.task.describe(), "metric": ctx.task.primary.as_dict(),
             "inputs": load.get("inputs"),
+            "dynamic": ctx.config.dynamic or None,
             "teacher_accuracy": teacher_acc,
             "test_samples": ctx.record("evaluate")["metrics"]["test_samples"],
             "stages": dict(ctx.statuses),
