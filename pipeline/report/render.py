@@ -57,6 +57,7 @@ def markdown(r: dict) -> str:
                   f"{t['calibration']['seed']}, sha256 {t['calibration']['sha256'][:12]}), method {t['calibration_method']}"]
         lines += [f"- note: {n}" for n in t["notes"]]
         lines.append("")
+    lines += pruning_lines(r)
     lines += shape_table(r)
     lines += ["## Stages", "", "| stage | status | wall s |", "| --- | --- | ---: |"]
     for name, status in r["stages"].items():
@@ -83,4 +84,24 @@ def shape_table(r: dict) -> list[str]:
         one = next((s for s in a["latency_by_shape"] if s["p50_ms"] is not None), None)
         out.append(f"\n{a['name']}: fixed input shape" + (f" ({one['shape']}: {one['p50_ms']:.3f} ms)" if one else "")
                    + "; other shapes need another export.")
+    return [*out, ""]
+
+
+def pruning_lines(r: dict) -> list[str]:
+    """"Pruning": the MACs reached against the goal, and each channel group left unpruned, with why."""
+    p = r.get("pruning")
+    if not p:
+        return []
+    goal = p.get("macs_goal_fraction")
+    out = ["## Pruning", "", f"MACs {p['macs_fraction']:.3f} of the teacher" + (f" (goal {goal:.3f}" + (
+        ", not reached" if p.get("met") is False else "") + ")" if goal is not None else "")
+           + f", params {p['params_fraction']:.3f}."]
+    groups = p.get("excluded_groups") or []
+    if groups:
+        out += ["", f"{len(groups)} channel group(s) left unpruned (torch-pruning cannot follow them):", "",
+                "| root module | members | reason |", "| --- | --- | --- |"]
+        for g in groups:
+            members = g.get("members") or []
+            shown = ", ".join(members[:4]) + (f" (+{len(members) - 4})" if len(members) > 4 else "")
+            out.append(f"| {g['root']} | {shown} | {(g.get('reason') or '')[:160]} |")
     return [*out, ""]

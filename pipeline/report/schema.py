@@ -4,7 +4,8 @@ Version 1.1. Top level: schema_version, created (ISO 8601 UTC), tool_version, ta
 target names), model, data, task {name, metric, metrics}, metric {name, higher_is_better, direction,
 unit} (the task's primary metric: every "accuracy" figure below is this metric, in its own units),
 inputs [{name, kind, dtype, shape}], dynamic ({axis: [lo, hi]} from --dynamic, or null), teacher_accuracy, test_samples, stages (name -> "ran" | "cached"),
-stage_wall_s, artifacts, targets, host, toolchain. (1.0 had no task/metric: top-1 accuracy.)
+stage_wall_s, artifacts, pruning {macs_fraction, params_fraction, macs_goal_fraction, met,
+excluded_groups [{root, members, reason}]} (null without a prune stage), targets, host, toolchain. (1.0 had no task/metric: top-1 accuracy.)
 
 artifacts[]: name, stage, backend, precision, target (null for shared artifacts), file (relative
 to the run folder, null when the artifact is only built on the device), accuracy (the primary

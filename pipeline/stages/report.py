@@ -56,6 +56,17 @@ def artifact_rows(ctx: Context) -> tuple[list[dict], float | None]:
     return rows, teacher_acc
 
 
+def pruning_summary(m: dict) -> dict | None:
+    """What prune did and what it left alone: MACs/params fractions, the goal, and every channel group it
+    could not prune (root module, members, reason). None when the prune stage did not run."""
+    if not m or "macs_fraction" not in m:
+        return None
+    return {"macs_fraction": m["macs_fraction"], "params_fraction": m["params_fraction"],
+            "macs_goal_fraction": m.get("macs_goal_fraction"), "met": m.get("search", {}).get("met"),
+            "excluded_groups": [{"root": g.get("root"), "members": g.get("modules", []), "reason": g.get("reason")}
+                                for g in m.get("excluded_groups", [])]}
+
+
 def deliverable(rows: list[dict], target: str, compile_metrics: dict) -> dict | None:
     """The measured row of what the target ships (for TensorRT: its host proxy, the QDQ ONNX)."""
     return next((a for a in rows if a["target"] == target and a["accuracy"] is not None
@@ -84,6 +95,7 @@ class ReportStage(Stage):
             targets.append(schema.target_summary(t, comp, quant, deliverable(artifacts, t.name, comp), teacher_acc,
                                                  artifacts, metric=ctx.task.primary))
         stages = {name: ctx.record(name) for name in ctx.statuses if name != self.name}
+        prune = stages["prune"]["metrics"] if "prune" in stages else {}
         report = {
             "schema_version": schema.SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -98,6 +110,7 @@ class ReportStage(Stage):
             "stages": dict(ctx.statuses),
             "stage_wall_s": {n: r["wall_s"] for n, r in stages.items()},
             "artifacts": artifacts,
+            "pruning": pruning_summary(prune),
             "targets": targets,
             "host": host_facts(),
             "toolchain": toolchain(),
