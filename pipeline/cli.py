@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the stages for one or more targets")
     r.add_argument("--target", default="jetson", help="name(s) in targets/ or a .toml path; comma-separated")
-    r.add_argument("--task", default=None, help="classification (default) | regression | FILE.py:NAME (a Task plug-in)")
-    r.add_argument("--model", default="default", help="default | FILE.py:FACTORY | MODEL.pt2 | MODEL.onnx")
+    r.add_argument("--task", default=None, help="classification (default) | regression | text-classification | "
+                   "FILE.py:NAME (a Task plug-in)")
+    r.add_argument("--model", default=None, help="default | text-default | FILE.py:FACTORY | MODEL.pt2 | MODEL.onnx "
+                   "(default: the task's bundled model)")
     r.add_argument("--weights", help="state_dict for FILE.py:FACTORY (loaded with weights_only=True)")
     r.add_argument("--data", default=None, help="fashion-mnist (default) | FILE.npz | DIR")
     r.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",

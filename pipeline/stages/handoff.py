@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__, backends
+from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
 from pipeline.runner import Context, Stage, read_json, write_json
 from pipeline.stages.report import artifact_rows, deliverable, toolchain
@@ -87,6 +88,18 @@ def deterministic_tar(src: Path, names: list[str], dest: Path) -> None:
         gz.write(buf.getvalue())
 
 
+def ship_tokenizer(tok: dict | None, tdir: Path) -> dict | None:
+    """Text models: the tokenizer file the data was tokenized with goes into the bundle, and the manifest
+    says how to use it (sha256, maximum length, padding side, template)."""
+    if not tok:
+        return None
+    src = Path(tok["file"])
+    if sha256_file(src) != tok["sha256"]:
+        raise UserError(f"the tokenizer {src} changed since the data was tokenized", "run again with --force")
+    shutil.copyfile(src, tdir / "tokenizer.json")
+    return {**{k: v for k, v in tok.items() if k != "file"}, "file": "tokenizer.json"}
+
+
 def manifest_inputs(data_inputs: list[dict], runtime: list[dict], dyn) -> list[dict]:
     """Every input as the data and the deliverable see it: name, kind, dtype and per-sample shape, the
     runtime tensor (its shape with null for a dynamic dim; int32 ids where the engine needs them), and
@@ -138,6 +151,7 @@ class HandoffStage(Stage):
             runner = backends.require(art["backend"]).Runner(ctx.run_dir / art["file"], threads=t.threads)
             y = runner.run(x)
             np.savez(tdir / "golden.npz", **golden_arrays(x), y=y, labels=ds.y_test[:GOLDEN_SAMPLES])
+            tokenizer = ship_tokenizer(ds.meta.get("tokenizer"), tdir)
             tol = engine.golden_tolerance(t, quant["engine_meta"].get("output") or {}).as_dict()
             meta = quant["engine_meta"]
             files = {p.name: sha256_file(p) for p in sorted(tdir.iterdir())}
@@ -155,6 +169,7 @@ class HandoffStage(Stage):
                                   "mean": data_info["mean"], "std": data_info["std"],
                                   "formula": "x = (pixel * scale - mean) / std"},
                 "labels": data_info["classes"],
+                **({"tokenizer": tokenizer} if tokenizer else {}),
                 "opset": meta.get("opset"),
                 "float_layers": meta.get("float_layers", []),
                 "calibration": {k: quant["calibration"][k] for k in ("name", "sha256", "size", "seed")},
