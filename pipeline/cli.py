@@ -22,13 +22,6 @@ def _floats(s: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of numbers") from None
 
 
-def _ints(s: str) -> list[int]:
-    try:
-        return [int(v) for v in s.replace("x", ",").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a shape like 1,1,28,28") from None
-
-
 class Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit 2 like every other user error."""
 
@@ -43,11 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the stages for one or more targets")
     r.add_argument("--target", default="jetson", help="name(s) in targets/ or a .toml path; comma-separated")
-    r.add_argument("--task", default=None, help="classification (default) | regression | FILE.py:NAME (a Task plug-in)")
-    r.add_argument("--model", default="default", help="default | FILE.py:FACTORY | MODEL.pt2 | MODEL.onnx")
+    r.add_argument("--task", default=None, help="classification (default) | regression | text-classification | "
+                   "FILE.py:NAME (a Task plug-in)")
+    r.add_argument("--model", default=None, help="default | text-default | FILE.py:FACTORY | MODEL.pt2 | MODEL.onnx "
+                   "(default: the task's bundled model)")
     r.add_argument("--weights", help="state_dict for FILE.py:FACTORY (loaded with weights_only=True)")
     r.add_argument("--data", default=None, help="fashion-mnist (default) | FILE.npz | DIR")
-    r.add_argument("--input-shape", type=_ints, help="e.g. 1,1,28,28 (where the data cannot tell)")
+    r.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",
+                   help="e.g. 1x3x224x224, or input_ids=1x128 per input (repeatable; must agree with the data)")
+    r.add_argument("--dynamic", action="append", metavar="AXIS=LO..HI",
+                   help="dynamic axis: batch=1..32, seq=16..128 (token inputs) or NAME:AXIS=LO..HI (repeatable): "
+                        "ONNX dynamic dims, TensorRT profiles, a latency row per shape; TFLite keeps the data's shape")
     r.add_argument("--mean", type=_floats, help="per-channel mean on the 0..1 scale, e.g. 0.5,0.5,0.5")
     r.add_argument("--std", type=_floats, help="per-channel std on the 0..1 scale")
     r.add_argument("--config", help="a TOML file of run settings (sections prune, distill, quantize, evaluate)")
@@ -126,11 +125,13 @@ def default_run_dir(model: str, targets) -> Path:
 
 def cmd_run(a) -> int:
     from pipeline.config import build_run_config, load_targets
+    from pipeline.data.shapes import parse_dynamic, parse_input_shapes
     from pipeline.runner import run_pipeline
 
     targets = load_targets(a.target)
     cfg = build_run_config(a.config, {"task": a.task, "model": a.model, "weights": a.weights, "data": a.data,
-                                      "input_shape": a.input_shape, "mean": a.mean, "std": a.std,
+                                      "input_shape": parse_input_shapes(a.input_shape),
+                                      "dynamic": parse_dynamic(a.dynamic) or None, "mean": a.mean, "std": a.std,
                                       "trust_model": a.trust_model or None}, a.set)
     run_dir = Path(a.out) if a.out else default_run_dir(cfg.model, targets)
     run_pipeline(run_dir, cfg, targets, until=a.until, force=a.force, verbose=a.verbose)

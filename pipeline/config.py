@@ -8,9 +8,9 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Union, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
 
@@ -276,11 +276,17 @@ class HandoffConfig(Strict):
 
 class RunConfig(Strict):
     seed: int = 0
-    task: str = Field("classification", description="classification | regression | FILE.py:NAME (a Task plug-in)")
+    task: str = Field("classification", description="classification | regression | text-classification | FILE.py:NAME "
+                      "(a Task plug-in)")
     model: str = "default"
     weights: Optional[str] = None
-    data: str = "fashion-mnist"
-    input_shape: Optional[list[int]] = None
+    data: str = Field("fashion-mnist", description="fashion-mnist | fine-foods (text) | FILE.npz | DIR")
+    input_shape: Optional[Union[list[int], dict[str, list[int]]]] = Field(
+        None, description="per-input shapes with the batch axis, {name: [1, 3, 224, 224]} (a list names the first "
+        "input); must agree with the data")
+    dynamic: dict[str, list[int]] = Field(
+        default_factory=dict, description="dynamic axes {batch|seq|NAME:AXIS: [lo, hi]}: ONNX symbolic dims, "
+        "TensorRT profiles, one latency row per shape")
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     trust_model: bool = False
@@ -290,6 +296,16 @@ class RunConfig(Strict):
     quantize: QuantizeConfig = QuantizeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     handoff: HandoffConfig = HandoffConfig()
+
+    @model_validator(mode="after")
+    def _task_defaults(self):
+        """--task text-classification with no --model / --data runs the bundled text model on fine-food reviews."""
+        if self.task == "text-classification":
+            if self.model in ("", "default") and "model" not in self.model_fields_set:
+                self.model = "text-default"
+            if self.data == "fashion-mnist" and "data" not in self.model_fields_set:
+                self.data = "fine-foods"
+        return self
 
 
 def _parse_value(raw: str) -> Any:

@@ -139,14 +139,34 @@ class Context:
         spec = self.model_spec()
         return models.load_model(spec, self.artifact(stage, "model.pt" if spec.trainable else "model.pt2")).eval()
 
+    def input_shapes(self) -> dict[str, list[int]]:
+        """{input: (1, ...)} from the data; --input-shape (all inputs, or the first when unnamed) must agree."""
+        shapes = {s.name: [1, *s.shape] for s in self.data.specs}
+        given = self.config.input_shape
+        if isinstance(given, list):
+            given = {next(iter(shapes)): given}
+        for name, shape in (given or {}).items():
+            if name not in shapes:
+                if name == "input" and len(shapes) == 1:
+                    name = next(iter(shapes))
+                else:
+                    raise UserError(f"--input-shape names '{name}', but the model's inputs are {', '.join(shapes)}",
+                                    "name one of those, e.g. --input-shape NAME=1x...")
+            if list(shape[1:]) != shapes[name][1:]:
+                raise UserError(f"input shape {list(shape)} for '{name}' does not match the data's {shapes[name]}",
+                                "drop --input-shape or pass data of that shape (declare varying sizes with --dynamic)")
+        return shapes
+
     def input_shape(self) -> list[int]:
-        """(1, ...) of the first input: from --input-shape, else the data; they must agree."""
-        data_shape = [1, *self.data.input_shape]
-        shape = self.config.input_shape or data_shape
-        if list(shape) != data_shape:
-            raise UserError(f"input shape {shape} does not match the data's images {data_shape}",
-                            "drop --input-shape or pass data of that shape")
-        return list(shape)
+        """(1, ...) of the first input (the only one of an image model)."""
+        return next(iter(self.input_shapes().values()))
+
+    def dynamic(self):
+        """The run's dynamic axes (pipeline/data/shapes.py) resolved against the data's inputs."""
+        from pipeline.data.shapes import Dynamic
+        dyn = Dynamic(self.config.dynamic, self.data.specs)
+        dyn.check_data(self.input_shapes())
+        return dyn
 
     def calibration_set(self):
         """The run's verified calibration set (as stored), its manifest and the manifest's path."""

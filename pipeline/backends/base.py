@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
@@ -99,6 +99,7 @@ class QuantizeJob:
     dynamic_batch: bool = False
     prepared: Optional[dict] = None  # what dfq did (None: nothing)
     isa_aware: bool = True           # quantize.isa_aware: INT8 settings follow the target's [device] isa
+    dynamic: Any = None              # the run's dynamic axes (pipeline/data/shapes.Dynamic)
 
 
 @dataclass
@@ -114,6 +115,8 @@ class CompileJob:
     example: Any                         # a torch tensor of one normalized input
     input_shape: list[int]
     choose: Callable[[Any, dict[str, str]], tuple[str, dict]]   # (engine, {precision: file}) -> choice, measured
+    input_shapes: dict = field(default_factory=dict)             # {input: (1, ...)} from the data
+    dynamic: Any = None                                          # the run's dynamic axes (data/shapes.Dynamic)
 
 
 @dataclass

@@ -92,8 +92,12 @@ def _engine_layers(trt, engine) -> list[dict]:
 
 def build_plan(onnx_path: str, plan_path: str, *, int8: bool = True, fp16: bool = True, workspace_mb: int = 1024,
                timing_cache: str | None = None, dla_core: int | None = None, gpu_fallback: bool = True,
-               min_opt_max_batch: tuple[int, int, int] | None = None, strongly_typed: bool = False) -> dict:
+               min_opt_max_batch: tuple[int, int, int] | None = None, strongly_typed: bool = False,
+               profiles: dict | None = None) -> dict:
     """Build a serialized TensorRT engine from an ONNX file and describe it (layers, precisions).
+
+    `profiles` {input: [min, opt, max] shapes} is the optimization profile of dynamic inputs (the
+    run's --dynamic axes); `min_opt_max_batch` is the older batch-only form.
 
     TensorRT 10.x: a weakly typed network with the INT8 (and FP16) builder flags, unless
     `strongly_typed`; TensorRT 11.x: always strongly typed (the flags no longer exist)."""
@@ -138,7 +142,18 @@ def build_plan(onnx_path: str, plan_path: str, *, int8: bool = True, fp16: bool 
 
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     profile_meta = None
-    if min_opt_max_batch is not None:
+    if profiles:
+        profile = builder.create_optimization_profile()
+        missing = [inp.name for inp in inputs if any(d < 0 for d in inp.shape) and inp.name not in profiles]
+        if missing:
+            raise DeviceError(f"dynamic input(s) {missing} have no optimization profile (profiles name {sorted(profiles)})")
+        for inp in inputs:
+            if inp.name in profiles:
+                lo, opt, hi = (tuple(int(d) for d in s) for s in profiles[inp.name])
+                profile.set_shape(inp.name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+        profile_meta = {n: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for n, v in profiles.items()}
+    elif min_opt_max_batch is not None:
         lo, opt, hi = (int(b) for b in min_opt_max_batch)
         if not 1 <= lo <= opt <= hi:
             raise DeviceError(f"min/opt/max batch {min_opt_max_batch} must satisfy 1 <= min <= opt <= max")
@@ -237,8 +252,8 @@ class _TorchCuda:
         self.stream = torch.cuda.Stream()
         self.handle = self.stream.cuda_stream
 
-    def alloc(self, shape: tuple) -> tuple[Any, int]:
-        buf = self.torch.empty(tuple(shape), dtype=self.torch.float32, device="cuda")
+    def alloc(self, shape: tuple, dtype=np.float32) -> tuple[Any, int]:
+        buf = self.torch.empty(tuple(shape), dtype=self.torch.from_numpy(np.zeros(0, dtype)).dtype, device="cuda")
         return buf, buf.data_ptr()
 
     def free(self, buf: Any) -> None:
@@ -279,8 +294,8 @@ class _CudaPython:
             raise DeviceError(f"CUDA runtime error: {err}")
         return rest[0] if len(rest) == 1 else None
 
-    def alloc(self, shape: tuple) -> tuple[Any, int]:
-        ptr = self._call(self.rt.cudaMalloc(int(np.prod(shape)) * 4))
+    def alloc(self, shape: tuple, dtype=np.float32) -> tuple[Any, int]:
+        ptr = self._call(self.rt.cudaMalloc(max(1, int(np.prod(shape))) * np.dtype(dtype).itemsize))
         return ptr, int(ptr)
 
     def free(self, buf: Any) -> None:
@@ -321,7 +336,9 @@ def _cuda_memory():
 
 
 class TrtRunner:
-    """Deserialize a plan and run it: float32 NCHW in, float32 logits out, CUDA-event timing."""
+    """Deserialize a plan and run it: inputs by name (float32 images/features, int32/int64 token ids as
+    the engine declares), float32 logits out, CUDA-event timing. A single-input engine also takes a
+    bare array. Dynamic dims (the bundle's optimization profile) take the size of the arrays given."""
 
     def __init__(self, plan_path: str):
         import tensorrt as trt
@@ -335,58 +352,84 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(ins) != 1 or len(outs) != 1:
-            raise DeviceError(f"the engine has inputs {ins} and outputs {outs}; one of each is supported")
-        if any(self.engine.get_tensor_dtype(n) != trt.DataType.FLOAT for n in names):
-            raise DeviceError("the engine's input/output are not float32")
-        self.input_name, self.output_name = ins[0], outs[0]
-        shape = tuple(self.engine.get_tensor_shape(self.input_name))
+        if not ins or len(outs) != 1:
+            raise DeviceError(f"the engine has inputs {ins} and outputs {outs}; one output is supported")
+        if self.engine.get_tensor_dtype(outs[0]) != trt.DataType.FLOAT:
+            raise DeviceError("the engine's output is not float32")
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in ins}
+        self.shapes = {n: tuple(self.engine.get_tensor_shape(n)) for n in ins}
+        self.input_names, self.input_name, self.output_name = ins, ins[0], outs[0]
+        shape = self.shapes[self.input_name]
         self.dynamic = shape[0] == -1
         self.max_batch = self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0] if self.dynamic else shape[0]
         self.sample_shape = shape[1:]
         self.mem = _cuda_memory()
         self._bound: tuple | None = None
 
-    def _bind(self, n: int) -> tuple:
-        if self._bound is None or self._bound[0] != n:
+    def _feed(self, x) -> dict[str, np.ndarray]:
+        feed = x if isinstance(x, dict) else {self.input_name: x}
+        missing = [n for n in self.input_names if n not in feed]
+        if missing or len(feed) != len(self.input_names):
+            raise DeviceError(f"the engine takes inputs {self.input_names}, got {sorted(feed)}")
+        out = {}
+        for n in self.input_names:
+            a = np.asarray(feed[n])
+            want = self.shapes[n]
+            if a.ndim != len(want) or any(w >= 0 and w != g for w, g in zip(want[1:], a.shape[1:])):
+                raise DeviceError(f"input '{n}' has shape {tuple(a.shape)}, the engine expects {want} (-1: dynamic)")
+            out[n] = np.ascontiguousarray(a, dtype=self.dtypes[n])
+        return out
+
+    def _bind(self, feed: dict[str, np.ndarray]) -> tuple:
+        key = tuple((n, a.shape) for n, a in feed.items())
+        if self._bound is None or self._bound[0] != key:
             if self._bound is not None:
-                self.mem.free(self._bound[1])
-                self.mem.free(self._bound[2])
-            if not self.context.set_input_shape(self.input_name, (n, *self.sample_shape)):
-                raise DeviceError(f"the engine does not accept a batch of {n}")
+                for buf in (*self._bound[1].values(), self._bound[2]):
+                    self.mem.free(buf)
+            bufs = {}
+            for n, a in feed.items():
+                if not self.context.set_input_shape(n, a.shape):
+                    raise DeviceError(f"the engine's profile does not accept input '{n}' of shape {tuple(a.shape)}")
+                bufs[n], ptr = self.mem.alloc(a.shape, a.dtype)
+                self.context.set_tensor_address(n, ptr)
             out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-            in_buf, in_ptr = self.mem.alloc((n, *self.sample_shape))
             out_buf, out_ptr = self.mem.alloc(out_shape)
-            self.context.set_tensor_address(self.input_name, in_ptr)
             self.context.set_tensor_address(self.output_name, out_ptr)
-            self._bound = (n, in_buf, out_buf, out_shape)
+            self._bound = (key, bufs, out_buf, out_shape)
         return self._bound
+
+    def _upload(self, feed: dict[str, np.ndarray]) -> tuple:
+        bound = self._bind(feed)
+        for n, a in feed.items():
+            self.mem.h2d(bound[1][n], a)
+        return bound
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self.mem.handle):
             raise DeviceError(f"execute_async_v3 failed: {self.log.errors()}")
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        """One execution on a batch the engine accepts."""
-        _, in_buf, out_buf, out_shape = self._bind(len(x))
-        self.mem.h2d(in_buf, np.ascontiguousarray(x, dtype=np.float32))
+    def infer(self, x) -> np.ndarray:
+        """One execution on a batch the engine accepts (an array, or {input name: array})."""
+        _, _, out_buf, out_shape = self._upload(self._feed(x))
         self._execute()
         return self.mem.d2h(out_buf, out_shape)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Logits for any number of images, in batches the engine accepts."""
-        if tuple(x.shape[1:]) != tuple(self.sample_shape):
-            raise DeviceError(f"input images have shape {tuple(x.shape[1:])}, the engine expects {tuple(self.sample_shape)}")
-        if not self.dynamic and len(x) % self.max_batch:
-            raise DeviceError(f"{len(x)} images for an engine with a fixed batch of {self.max_batch}")
-        return np.concatenate([self.infer(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
+    def run(self, x) -> np.ndarray:
+        """Logits for any number of samples, in batches the engine accepts."""
+        feed = self._feed(x)
+        n = len(next(iter(feed.values())))
+        if not self.dynamic and n % self.max_batch:
+            raise DeviceError(f"{n} samples for an engine with a fixed batch of {self.max_batch}")
+        return np.concatenate([self.infer({k: v[i:i + self.max_batch] for k, v in feed.items()})
+                               for i in range(0, n, self.max_batch)])
 
-    def time(self, x: np.ndarray, warmup: int, runs: int) -> list[float]:
+    def time(self, x, warmup: int, runs: int) -> list[float]:
         """GPU time (ms, CUDA events around execute_async_v3) of `runs` executions on one batch of x;
-        the batch is the engine's fixed batch, or len(x) for a dynamic engine. Copies are not timed."""
-        batch = x[: self.max_batch] if not self.dynamic else x
-        _, in_buf, _, _ = self._bind(len(batch))
-        self.mem.h2d(in_buf, np.ascontiguousarray(batch, dtype=np.float32))
+        the batch is the engine's fixed batch, or all of x for a dynamic engine. Copies are not timed."""
+        feed = self._feed(x)
+        if not self.dynamic:
+            feed = {k: v[: self.max_batch] for k, v in feed.items()}
+        self._upload(feed)
         for _ in range(warmup):
             self._execute()
         start, end = self.mem.event(), self.mem.event()
@@ -446,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.onnx, args.plan, int8=args.int8, fp16=args.fp16, workspace_mb=args.workspace_mb,
                 timing_cache=args.timing_cache, dla_core=args.dla_core, gpu_fallback=args.gpu_fallback,
                 min_opt_max_batch=tuple(args.min_opt_max_batch) if args.min_opt_max_batch else None,
-                strongly_typed=args.strongly_typed)
+                strongly_typed=args.strongly_typed, profiles=None if args.min_opt_max_batch != d["min_opt_max_batch"]
+                else d.get("profiles"))
         runner = TrtRunner(args.plan)
         report["runtime"]["cuda_binding"] = runner.mem.name
         report["engine"] = {"file": Path(args.plan).name, "sha256": sha256_file(args.plan), "built_here": not args.skip_build}
@@ -455,9 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         x = golden_inputs(golden)
         report["check"] = golden_check(runner.run(x), golden["y"], golden["labels"] if "labels" in golden.files else None,
                                        args.atol, args.rtol, args.min_top1_agreement)
-        batch = x[:1] if runner.dynamic else x[:runner.max_batch]      # the engine's batch; 1 if dynamic
+        n = 1 if runner.dynamic else runner.max_batch                  # the engine's batch; 1 if dynamic
+        batch = {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
         times = runner.time(batch, args.warmup, args.runs)
-        report["latency_ms"] = device_latency(times, args.warmup, len(batch),
+        report["latency_ms"] = device_latency(times, args.warmup, n,
                                               "GPU time of execute_async_v3 between CUDA events, copies excluded")
     except (DeviceError, OSError, KeyError) as e:     # build/run problems, a missing file or npz key
         report["error"] = f"{e.__class__.__name__}: {e}"

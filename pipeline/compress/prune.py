@@ -50,6 +50,7 @@ LATENCY_SLACK = 0.05
 ONNX_ATOL = 1e-3
 # Ratio at which each channel group is tried before the search (see exclude_failing_groups).
 PROBE_RATIO = 0.5
+MAX_EXCLUDE_ROUNDS = 3      # re-isolations at one search ratio before the failure is the user's
 
 
 def traced_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -102,6 +103,10 @@ def layer_channels(model: nn.Module) -> dict[str, int]:
             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
+class PruneFailed(UserError):
+    """A pruning pass broke the model (torch-pruning failed, or the pruned model fails or changed shape)."""
+
+
 @dataclass
 class Setup:
     """What one pruning pass needs besides the model and the ratio."""
@@ -148,14 +153,14 @@ def check_pruned(original: nn.Module, pruned: nn.Module, example: torch.Tensor) 
     layer, err = failing_layer(pruned, example)
     if err is not None:
         where = f"at layer '{layer}'" if layer else "before its first layer"
-        raise UserError(f"the pruned model fails {where}: {err.__class__.__name__}: {str(err).splitlines()[0][:200]} "
+        raise PruneFailed(f"the pruned model fails {where}: {err.__class__.__name__}: {str(err).splitlines()[0][:200]} "
                         "(torch-pruning could not follow how that layer's channels are used)",
                         f"exclude it with --set 'prune.ignore=[\"{layer or 'layer.name'}\"]'")
     with torch.no_grad():
         y_o, y_p = original(*models.as_args(example)), pruned(*models.as_args(example))
     if y_o.shape != y_p.shape:
         last = traced_layers(original, example)[-1:]
-        raise UserError(f"pruning changed the output shape {list(y_o.shape)} -> {list(y_p.shape)}",
+        raise PruneFailed(f"pruning changed the output shape {list(y_o.shape)} -> {list(y_p.shape)}",
                         f"add the output layer to prune.ignore, e.g. --set 'prune.ignore={last}'")
 
 
@@ -197,7 +202,7 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, setup: Set
     except Exception as e:  # noqa: BLE001 -- torch-pruning raises many types on graphs it cannot follow
         layer, _ = failing_layer(m, example)
         named = f" (the model now fails at layer '{layer}')" if layer else ""
-        raise UserError(f"torch-pruning cannot prune this model{named}: {e.__class__.__name__}: "
+        raise PruneFailed(f"torch-pruning cannot prune this model{named}: {e.__class__.__name__}: "
                         f"{str(e).splitlines()[0][:200]}",
                         f"exclude the layer with --set 'prune.ignore=[\"{layer or 'layer.name'}\"]'") from None
     check_pruned(model, m, example)
@@ -210,9 +215,10 @@ def _reason(e: BaseException) -> str:
     return f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
-def exclude_failing_groups(model: nn.Module, example: torch.Tensor, setup: Setup) -> tuple[Setup, list[dict]]:
-    """Leave unpruned the channel groups torch-pruning cannot prune (see prune_groups); the returned
-    Setup ignores their root modules. A UserError naming them when no group can be pruned."""
+def exclude_failing_groups(model: nn.Module, example: torch.Tensor, setup: Setup,
+                           ratio: float = PROBE_RATIO) -> tuple[Setup, list[dict]]:
+    """Leave unpruned the channel groups torch-pruning cannot prune at `ratio` (see prune_groups); the
+    returned Setup ignores their root modules. A UserError naming them when no group can be pruned."""
     if setup.criterion == "taylor" and not setup.calibration:
         raise UserError("prune.criterion 'taylor' needs calibration batches for its gradients",
                         "pass training batches, or use --set prune.criterion=l2")
@@ -235,7 +241,7 @@ def exclude_failing_groups(model: nn.Module, example: torch.Tensor, setup: Setup
         keep = {g.root for g in subset}
         m = copy.deepcopy(model).eval()
         try:
-            _step(m, example, PROBE_RATIO, setup, sorted(by_root - keep))
+            _step(m, example, ratio, setup, sorted(by_root - keep))
             check_pruned(model, m, example)
         except Exception as e:  # noqa: BLE001 -- any failure excludes the groups tried
             return _reason(e)
@@ -253,6 +259,25 @@ def exclude_failing_groups(model: nn.Module, example: torch.Tensor, setup: Setup
                     len(excluded), len(groups), ", ".join(g["root"] for g in excluded))
         setup = dataclasses.replace(setup, ignored=sorted(set(setup.ignored) | {g["root"] for g in excluded}))
     return setup, excluded
+
+
+def prune_or_exclude(model: nn.Module, example: torch.Tensor, ratio: float, setup: Setup,
+                     excluded: list[dict]) -> tuple[nn.Module, Setup]:
+    """prune_once, and when a group that pruned at the probe ratio breaks the model at this one (a grouped
+    conv whose channel count stops dividing its groups, say), find the groups failing at this ratio,
+    leave them unpruned (appended to `excluded`, with the ratio in the reason) and prune again."""
+    for _ in range(MAX_EXCLUDE_ROUNDS):
+        try:
+            return prune_once(model, example, ratio, setup), setup
+        except PruneFailed as e:
+            first = e
+            setup, more = exclude_failing_groups(model, example, setup, ratio=ratio)
+            if not more:
+                raise
+            log.warning("[prune] at ratio %.3f %d more channel group(s) left unpruned: %s", ratio, len(more),
+                        ", ".join(g["root"] for g in more))
+            excluded += [{**g, "reason": f"at pruning ratio {ratio:.3f}: {g['reason']}"} for g in more]
+    raise first
 
 
 def onnx_latency_ms(model: nn.Module, example, threads: int, runs: int, scratch: Optional[Path] = None) -> dict:
@@ -288,11 +313,15 @@ def next_ratio(lo: tuple[float, float], hi: tuple[float, float], goal: float) ->
     return 1 - math.sqrt(k0 + t * (k1 - k0))
 
 
-def search(model: nn.Module, example: torch.Tensor, budget: Budget, setup: Setup) -> tuple[nn.Module, list[dict]]:
+def search(model: nn.Module, example: torch.Tensor, budget: Budget, setup: Setup,
+           excluded: Optional[list[dict]] = None) -> tuple[nn.Module, list[dict], Setup]:
     """Search the pruning ratio of `model` towards `budget.goal` (interpolation inside a shrinking bracket).
 
     MACs/params: the candidate closest to the goal (stop within tolerance). Latency: the least-pruned
-    candidate measured at or under the goal (stop within LATENCY_SLACK of it); a UserError if none."""
+    candidate measured at or under the goal (stop within LATENCY_SLACK of it); a UserError if none.
+    Groups that break the model at a ratio of the search are left unpruned (prune_or_exclude) and
+    listed in `excluded`; the returned Setup ignores them."""
+    excluded = [] if excluded is None else excluded
     start, _ = budget.value(model)
     lo, hi = (0.0, start), (MAX_SEARCH_RATIO, 0.0)   # value at the top end is unknown: assume 0
     trials: list[dict] = []
@@ -300,7 +329,7 @@ def search(model: nn.Module, example: torch.Tensor, budget: Budget, setup: Setup
     iterations = LATENCY_ITERATIONS if budget.kind == "latency" else SEARCH_ITERATIONS
     for _ in range(iterations):
         mid = next_ratio(lo, hi, budget.goal)
-        cand = prune_once(model, example, mid, setup)
+        cand, setup = prune_or_exclude(model, example, mid, setup, excluded)
         value, facts = budget.value(cand)
         trials.append({"ratio": round(mid, 5), budget.kind: value, **facts})
         if budget.kind == "latency":
@@ -324,7 +353,7 @@ def search(model: nn.Module, example: torch.Tensor, budget: Budget, setup: Setup
         raise UserError(f"latency goal {budget.goal:.3f} ms not reached: the fastest candidate measured "
                         f"{closest['latency']:.3f} ms at pruning ratio {closest['ratio']}",
                         "raise prune.latency_ms, or use a faster target backend/threads")
-    return best[0], trials
+    return best[0], trials, setup
 
 
 def short_kd(student: nn.Module, teacher: nn.Module, data: Batches, temperature: float, alpha: float,
@@ -419,7 +448,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, s
         if cfg.budget == "ratio":
             # Each step keeps the same fraction of the channels left, so N steps keep (1 - ratio) in all.
             r = 1 - (1 - cfg.ratio) ** (1 / steps)
-            current = prune_once(current, example, r, setup)
+            current, setup = prune_or_exclude(current, example, r, setup, record["excluded_groups"])
             step.update({"ratio": round(r, 5), "search": []})
         else:
             share = k / steps
@@ -434,7 +463,7 @@ def prune_to_budget(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, s
             if (cfg.budget == "macs" and cfg.macs_reduction == 0) or (cfg.budget == "params" and cfg.params_reduction == 0):
                 step.update({"goal": budget.goal, "search": []})
             else:
-                current, trials = search(current, example, budget, setup)
+                current, trials, setup = search(current, example, budget, setup, record["excluded_groups"])
                 step.update({"goal": budget.goal, "search": trials})
         if kd is not None and k < steps and kd.batches:
             step["kd_losses"] = short_kd(current, model, kd.batches, kd.temperature, kd.alpha, kd.lr, kd.loss_fn)

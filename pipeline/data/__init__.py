@@ -1,6 +1,7 @@
 """Resolve `--data` specs into arrays.
 
-Forms: `fashion-mnist` (the default; Debian's `dataset-fashion-mnist` package, or a folder named by
+Forms: `fine-foods` (real review texts of Debian's r-cran-modeldata, tokenized with the bundled text
+model's vocabulary; pipeline/data/fine_foods.py), `fashion-mnist` (the default; Debian's `dataset-fashion-mnist` package, or a folder named by
 $EDGE_COMPRESS_FASHION_MNIST holding the four idx .gz files), `FILE.npz` (inputs `x_<split>` for one
 input or `<input>_<split>` per named input, e.g. input_ids_train + attention_mask_train; targets
 y_train, y_test as the task reads them; optional `classes`, `mean`, `std`) and `DIR`
@@ -225,6 +226,9 @@ def load_image_dir(root: Path) -> Dataset:
 def resolve_data(spec: str | None, mean=None, std=None, task=None) -> Dataset:
     if spec in (None, "", "fashion-mnist"):
         ds = load_fashion_mnist()
+    elif spec == "fine-foods":
+        from pipeline.data.fine_foods import dataset
+        ds = dataset()
     else:
         p = Path(spec)
         if p.suffix == ".npz" and p.is_file():

@@ -177,6 +177,29 @@ def export_npz(out: str | os.PathLike, tokenizer, max_len: int = 128, root=None)
             "truncated_train": int((m_tr[:, -1] == 1).sum()), "rdb_sha256": ds.sha256}
 
 
+def dataset(tokenizer_dir: str | os.PathLike | None = None, max_len: int = 128, root=None):
+    """small_fine_foods as a pipeline Dataset: input_ids + attention_mask (int64, (N, max_len)) tokenized
+    in memory with the bundled text model's tokenizer (or `tokenizer_dir`). Its meta records the
+    tokenizer file, sha256, maximum length, padding and truncation (the hand-off ships them)."""
+    from pipeline.data import Dataset
+    from pipeline.hashing import sha256_file
+    from pipeline.models import TEXT_DEFAULT_DIR
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir else TEXT_DEFAULT_DIR
+    tok_file = tok_dir / "tokenizer.json" if tok_dir.is_dir() else tok_dir
+    tokenizer = load_tokenizer(tok_file)
+    ff = load_fine_foods(root)
+    ids_tr, m_tr = encode(tokenizer, ff.train_texts, max_len)
+    ids_te, m_te = encode(tokenizer, ff.test_texts, max_len)
+    from pipeline.data.inputs import Inputs
+    meta = {"tokenizer": {"file": str(tok_file), "sha256": sha256_file(tok_file), "max_len": max_len,
+                          "padding": "right", "pad_token": "[PAD]", "truncation": f"to {max_len} tokens",
+                          "template": "[CLS] text [SEP]", "library": "tokenizers"},
+            "text_source": {"file": ff.source, "sha256": ff.sha256}}
+    return Dataset("fine-foods", Inputs({"input_ids": ids_tr, "attention_mask": m_tr}), ff.y_train,
+                   Inputs({"input_ids": ids_te, "attention_mask": m_te}), ff.y_test, list(ff.classes),
+                   (0.0,), (1.0,), source=f"small_fine_foods ({ff.source})", meta=meta)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Write small_fine_foods as token ids: an .npz with input_ids_*, "
                                  "attention_mask_*, y_* (int64) and classes")

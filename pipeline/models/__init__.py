@@ -32,6 +32,7 @@ from pipeline.errors import UserError
 DEFAULT_DIR = Path(__file__).parent / "default"
 DEFAULT_FACTORY = "pipeline/models/resnet.py:small_resnet"
 DEFAULT_WEIGHTS = DEFAULT_DIR / "teacher.pt"
+TEXT_DEFAULT_DIR = Path(__file__).parent / "text-default"       # the text-classification default (teacher.json)
 # Layer attributes that carry channel counts; pruning changes them, rebuilding restores them.
 SHAPE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
                "normalized_shape", "groups", "num_channels", "num_groups", "embed_dim", "num_heads", "head_dim",
@@ -62,6 +63,9 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
     if spec in ("", "default"):
         return ModelSpec("factory", ROOT / DEFAULT_FACTORY.split(":")[0], "small_resnet",
                          Path(weights) if weights else DEFAULT_WEIGHTS)
+    if spec == "text-default":
+        return ModelSpec("factory", Path(__file__).parent / "text_encoder.py", "text_encoder",
+                         Path(weights) if weights else TEXT_DEFAULT_DIR / "teacher.pt")
     if spec.endswith((".pt2", ".onnx")):
         p = Path(spec)
         if not p.is_file():
@@ -79,7 +83,7 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
         check_trusted(p, trust)
         return ModelSpec("factory", p, factory, Path(weights) if weights else None, trusted=trust)
     raise UserError(f"cannot tell what model '{spec}' is",
-                    "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx or 'default'")
+                    "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx, 'default' or 'text-default'")
 
 
 def repo_code(path: Path) -> bool:

@@ -448,6 +448,28 @@ def _stages_table(report: dict) -> str:
 
 
 # ---------------------------------------------------------------- page
+def _pruning_section(report: dict) -> str:
+    """The MACs prune reached and the channel groups it left unpruned (root, members, why)."""
+    p = report.get("pruning")
+    if not p:
+        return ""
+    goal = p.get("macs_goal_fraction")
+    head = (f"<p>MACs {p['macs_fraction']:.3f} of the teacher" + (f" (goal {goal:.3f}"
+            + (", not reached" if p.get("met") is False else "") + ")" if goal is not None else "")
+            + f", params {p['params_fraction']:.3f}.</p>")
+    groups = p.get("excluded_groups") or []
+    if not groups:
+        return f'<section id="pruning"><h2>Pruning</h2>{head}<p class="note">Every channel group was prunable.</p></section>'
+    def members(g: dict) -> str:
+        m = g.get("members") or []
+        return ", ".join(m[:4]) + (f" (+{len(m) - 4})" if len(m) > 4 else "")
+    rows = "".join(f"<tr><td>{_e(g['root'])}</td><td>{_e(members(g))}</td><td>{_e((g.get('reason') or '')[:200])}</td></tr>"
+                   for g in groups)
+    return (f'<section id="pruning"><h2>Pruning</h2>{head}<p>{len(groups)} channel group(s) left unpruned '
+            f"(torch-pruning cannot follow them):</p><table><thead><tr><th>root module</th><th>members</th>"
+            f"<th>reason</th></tr></thead><tbody>{rows}</tbody></table></section>")
+
+
 def html(report: dict) -> str:
     """The whole report as one self-contained HTML page (no scripts, no network)."""
     colors = _color_of(report)
@@ -473,6 +495,7 @@ def html(report: dict) -> str:
         "distilled -&gt; INT8 -&gt; engine. Changes are against the row above; latency is host p50, batch 1.</p>"
         + "".join(_attribution(report, t) for t in report["targets"]) + "</section>",
         f'<section id="artifacts"><h2>All artifacts</h2>{_artifacts_table(report)}</section>',
+        _pruning_section(report),
         f'<section id="stages"><h2>Stages</h2>{_stages_table(report)}'
         f'<p class="note">Toolchain: {_e(tools or "not recorded")}.</p></section>',
         f"<footer>Self-contained page: inline CSS and SVG, nothing loaded from the network. Schema "

@@ -60,8 +60,51 @@ def markdown(r: dict) -> str:
         lines += [f"- note: {n}" for n in t["notes"]]
         lines += device_table.markdown_lines(r, t)
         lines.append("")
+    lines += pruning_lines(r)
+    lines += shape_table(r)
     lines += ["## Stages", "", "| stage | status | wall s |", "| --- | --- | ---: |"]
     for name, status in r["stages"].items():
         lines.append(f"| {name} | {status} | {_f(r['stage_wall_s'].get(name), '.1f', '')} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def shape_table(r: dict) -> list[str]:
+    """"Latency by shape": one row per declared shape (--dynamic), one column per artifact timed at more
+    than its one fixed shape. Host proxies (a TensorRT QDQ ONNX in ONNX Runtime) are not latencies of the
+    deliverable and are left out; fixed-shape artifacts (TFLite) are named under the table."""
+    rows = [a for a in r["artifacts"] if a.get("latency_by_shape") and not a.get("host_proxy_of")]
+    if not rows:
+        return []
+    timed = [a for a in rows if sum(s["p50_ms"] is not None for s in a["latency_by_shape"]) > 1]
+    fixed = [a for a in rows if a not in timed]
+    dyn = ", ".join(f"{k}={lo}..{hi}" for k, (lo, hi) in (r.get("dynamic") or {}).items())
+    out = ["## Latency by shape (host p50 ms)", "", f"Dynamic axes: {dyn}." if dyn else "", "",
+           "| shape | " + " | ".join(a["name"] for a in timed) + " |", "| --- |" + " ---: |" * len(timed)]
+    for i, s in enumerate((timed or rows)[0]["latency_by_shape"]):
+        out.append(f"| {s['shape']} | " + " | ".join(_f(a["latency_by_shape"][i]["p50_ms"], ".3f") for a in timed) + " |")
+    for a in fixed:
+        one = next((s for s in a["latency_by_shape"] if s["p50_ms"] is not None), None)
+        out.append(f"\n{a['name']}: fixed input shape" + (f" ({one['shape']}: {one['p50_ms']:.3f} ms)" if one else "")
+                   + "; other shapes need another export.")
+    return [*out, ""]
+
+
+def pruning_lines(r: dict) -> list[str]:
+    """"Pruning": the MACs reached against the goal, and each channel group left unpruned, with why."""
+    p = r.get("pruning")
+    if not p:
+        return []
+    goal = p.get("macs_goal_fraction")
+    out = ["## Pruning", "", f"MACs {p['macs_fraction']:.3f} of the teacher" + (f" (goal {goal:.3f}" + (
+        ", not reached" if p.get("met") is False else "") + ")" if goal is not None else "")
+           + f", params {p['params_fraction']:.3f}."]
+    groups = p.get("excluded_groups") or []
+    if groups:
+        out += ["", f"{len(groups)} channel group(s) left unpruned (torch-pruning cannot follow them):", "",
+                "| root module | members | reason |", "| --- | --- | --- |"]
+        for g in groups:
+            members = g.get("members") or []
+            shown = ", ".join(members[:4]) + (f" (+{len(members) - 4})" if len(members) > 4 else "")
+            out.append(f"| {g['root']} | {shown} | {(g.get('reason') or '')[:160]} |")
+    return [*out, ""]

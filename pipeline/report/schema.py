@@ -3,8 +3,9 @@
 Version 1.1. Top level: schema_version, created (ISO 8601 UTC), tool_version, target (comma-joined
 target names), model, data, task {name, metric, metrics}, metric {name, higher_is_better, direction,
 unit} (the task's primary metric: every "accuracy" figure below is this metric, in its own units),
-inputs [{name, kind, dtype, shape}], teacher_accuracy, test_samples, stages (name -> "ran" | "cached"),
-stage_wall_s, artifacts, targets, host, toolchain. (1.0 had no task/metric: top-1 accuracy.)
+inputs [{name, kind, dtype, shape}], dynamic ({axis: [lo, hi]} from --dynamic, or null), teacher_accuracy, test_samples, stages (name -> "ran" | "cached"),
+stage_wall_s, artifacts, pruning {macs_fraction, params_fraction, macs_goal_fraction, met,
+excluded_groups [{root, members, reason}]} (null without a prune stage), targets, host, toolchain. (1.0 had no task/metric: top-1 accuracy.)
 
 artifacts[]: name, stage, backend, precision, target (null for shared artifacts), file (relative
 to the run folder, null when the artifact is only built on the device), accuracy (the primary
@@ -12,7 +13,8 @@ metric; 0..1 for fractions; null where not measurable here), metrics {name: valu
 the task), accuracy_delta (vs teacher, value minus teacher: see metric.direction for its sign's
 meaning), latency_p50_ms, latency_p90_ms, latency_ci95_ms
 ([lo, hi] of the median), latency_where ("host" or "device"; null when not measured), size_bytes,
-params, macs, selected, note.
+params, macs, selected, note, and with --dynamic latency_by_shape [{shape (label, e.g. "batch=1
+seq=64"), inputs {name: shape}, p50_ms, p90_ms (null where the artifact takes one fixed shape), note}].
 
 targets[]: name, backend, precision, deliverable (artifact name), engine ("built" | "to be built on
 device"), budgets {max_accuracy_drop (in the metric's units), latency_ms, max_size_mb}, measured

@@ -34,7 +34,8 @@ class CompileStage(Stage):
         self.source = source
 
     def config_slice(self, ctx: Context) -> dict:
-        return {"target": self.target.model_dump(exclude={"description", "source"}), "seed": ctx.config.seed}
+        return {"target": self.target.model_dump(exclude={"description", "source"}), "seed": ctx.config.seed,
+                **({"dynamic": ctx.config.dynamic} if ctx.config.dynamic else {})}
 
     def run(self, ctx: Context, out: Path) -> dict:
         t, ds = self.target, ctx.data
@@ -45,6 +46,7 @@ class CompileStage(Stage):
                          float_onnx=ctx.artifact(self.source, "model.onnx"),
                          torch_model=lambda: ctx.torch_model(self.source),
                          example=ctx.example(), input_shape=ctx.input_shape(),
+                         input_shapes=ctx.input_shapes(), dynamic=ctx.dynamic(),
                          choose=lambda eng, candidates: self._choose(ctx, out, eng, candidates))
         return engine.compile(job)
 

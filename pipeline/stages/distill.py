@@ -22,7 +22,7 @@ class DistillStage(Stage):
     config_sections = ("distill",)
 
     def config_slice(self, ctx: Context) -> dict:
-        return {**self.sections(ctx), "seed": ctx.config.seed}
+        return {**self.sections(ctx), "seed": ctx.config.seed, **({"dynamic": ctx.config.dynamic} if ctx.config.dynamic else {})}
 
     def resume_path(self, ctx: Context) -> Path:
         return ctx.run_dir / ".resume" / f"distill-{self.fingerprint(ctx)[:16]}.pt"
@@ -43,7 +43,7 @@ class DistillStage(Stage):
         state, feat_shapes = trained
         models.save_model(student, out / "model.pt")
         models.export_pt2(student, example, out / "model.pt2")
-        ort_backend.export_onnx(student, example, out / "model.onnx")
+        ort_backend.export_onnx(student, example, out / "model.onnx", dynamic=ctx.dynamic())
         ckpt.unlink(missing_ok=True)
         params, macs = models.count_params(student), models.count_macs(student, example)
         fl = state["feature_losses"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__, backends
+from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
 from pipeline.runner import Context, Stage, read_json, write_json
 from pipeline.stages.handoff_docs import (MODEL_CARD, README, RUNTIME, budgets_lines, kit_fingerprint,
@@ -62,6 +63,36 @@ def deterministic_tar(src: Path, names: list[str], dest: Path) -> None:
         gz.write(buf.getvalue())
 
 
+def ship_tokenizer(tok: dict | None, tdir: Path) -> dict | None:
+    """Text models: the tokenizer file the data was tokenized with goes into the bundle, and the manifest
+    says how to use it (sha256, maximum length, padding side, template)."""
+    if not tok:
+        return None
+    src = Path(tok["file"])
+    if sha256_file(src) != tok["sha256"]:
+        raise UserError(f"the tokenizer {src} changed since the data was tokenized", "run again with --force")
+    shutil.copyfile(src, tdir / "tokenizer.json")
+    return {**{k: v for k, v in tok.items() if k != "file"}, "file": "tokenizer.json"}
+
+
+def manifest_inputs(data_inputs: list[dict], runtime: list[dict], dyn) -> list[dict]:
+    """Every input as the data and the deliverable see it: name, kind, dtype and per-sample shape, the
+    runtime tensor (its shape with null for a dynamic dim; int32 ids where the engine needs them), and
+    for each dim the deliverable leaves dynamic its declared range (--dynamic); a fixed-shape engine
+    (TFLite) keeps the data's shape, and says so."""
+    out = []
+    for i, e in zip(data_inputs, runtime):
+        axes = {str(a.axis): {"symbol": a.symbol, "min": a.lo, "max": a.hi} for a in dyn.axes
+                if a.input == i["name"] and a.axis < len(e["shape"]) and e["shape"][a.axis] is None}
+        entry = {**i, "runtime": e}
+        if axes:
+            entry["dynamic_axes"] = axes
+        elif dyn and any(a.input == i["name"] for a in dyn.axes):
+            entry["fixed_shape"] = "this engine takes one fixed shape (the runtime shape); --dynamic applies to ONNX/TensorRT"
+        out.append(entry)
+    return out
+
+
 class HandoffStage(Stage):
     name = "handoff"
 
@@ -70,7 +101,8 @@ class HandoffStage(Stage):
 
     def config_slice(self, ctx: Context) -> dict:
         return {"targets": [t.name for t in ctx.targets], "golden": GOLDEN_SAMPLES,
-                "eval_samples": ctx.config.handoff.eval_samples, "kit": kit_fingerprint()}
+                "eval_samples": ctx.config.handoff.eval_samples, "kit": kit_fingerprint(),
+                **({"dynamic": ctx.config.dynamic} if ctx.config.dynamic else {})}
 
     def run(self, ctx: Context, out: Path) -> dict:
         ds = ctx.data
@@ -81,6 +113,7 @@ class HandoffStage(Stage):
         bundle = out
         lock = {**toolchain(), "python": platform.python_version(), "edge-compress": __version__}
         x = ds.normalize(ds.x_test[:GOLDEN_SAMPLES])
+        dyn = ctx.dynamic()
         summary = {}
         for t in ctx.targets:
             comp_name, quant_name = f"compile-{t.name}", f"quantize-{t.name}"
@@ -97,6 +130,7 @@ class HandoffStage(Stage):
             eval_slice = write_eval_slice(tdir, ds, ctx.config.handoff.eval_samples, runner, ctx.task)
             write_device_kit(tdir, t.backend)
             (tdir / "MODEL_CARD.md").write_text(model_card(ctx, t, art, quant, load, data_info, test_samples))
+            tokenizer = ship_tokenizer(ds.meta.get("tokenizer"), tdir)
             tol = engine.golden_tolerance(t, quant["engine_meta"].get("output") or {}).as_dict()
             meta = quant["engine_meta"]
             files = {p.name: sha256_file(p) for p in sorted(tdir.iterdir())}
@@ -107,7 +141,7 @@ class HandoffStage(Stage):
                 "threads": t.threads, "budgets": t.budgets.model_dump(), "isa": list(t.device.isa),
                 "input": tensor_entry(meta.get("input"), "input", data_info["input_shape"],
                                       getattr(runner, "layout", "NCHW")),
-                "inputs": [{**i, "runtime": e} for i, e in zip(data_info.get("inputs", []), runner.io()["inputs"])],
+                "inputs": manifest_inputs(data_info.get("inputs", []), runner.io()["inputs"], dyn),
                 "task": data_info.get("task"),
                 "output": tensor_entry(meta.get("output"), "logits",
                                        [data_info["input_shape"][0], len(data_info["classes"])], None),
@@ -117,6 +151,7 @@ class HandoffStage(Stage):
                                   "formula": "x = (pixel * scale - mean) / std", "code": "preprocess.py"},
                 "eval": eval_slice,
                 "labels": data_info["classes"],
+                **({"tokenizer": tokenizer} if tokenizer else {}),
                 "opset": meta.get("opset"),
                 "float_layers": meta.get("float_layers", []),
                 "float_layers_why": {f["layer"]: f["reason"] for f in quant.get("float_layers", [])},

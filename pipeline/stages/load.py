@@ -73,7 +73,7 @@ class LoadStage(Stage):
             "model_sha256": sha256_file(spec.path),
             "weights_sha256": sha256_file(spec.weights) if spec.weights else None,
             "data": ctx.data.fingerprint(), "input_shape": c.input_shape, "mean": list(ctx.data.mean),
-            "std": list(ctx.data.std), "seed": c.seed,
+            "std": list(ctx.data.std), "seed": c.seed, **({"dynamic": c.dynamic} if c.dynamic else {}),
             "test_limit": c.evaluate.test_limit,     # the teacher's accuracy is measured on these test samples
         }
 
@@ -119,7 +119,7 @@ class LoadStage(Stage):
         if spec.trainable:
             models.save_model(model, out / "model.pt")
         models.export_pt2(model, example, out / "model.pt2")
-        onnx_meta = ort_backend.export_onnx(model, example, out / "model.onnx")
+        onnx_meta = ort_backend.export_onnx(model, example, out / "model.onnx", dynamic=ctx.dynamic())
         # The ONNX file is what later stages and devices run: check it answers like torch.
         runner = ort_backend.Runner(out / "model.onnx", threads=2)
         probe = ds.normalize(ds.x_test[:64])

@@ -24,7 +24,8 @@ class PruneStage(Stage):
     config_sections = ("prune",)
 
     def config_slice(self, ctx: Context) -> dict:
-        c = {**self.sections(ctx), "round_to": round_to(ctx), "seed": ctx.config.seed}
+        c = {**self.sections(ctx), "round_to": round_to(ctx), "seed": ctx.config.seed,
+             **({"dynamic": ctx.config.dynamic} if ctx.config.dynamic else {})}
         if ctx.config.prune.iterative_steps > 1:
             d = ctx.config.distill
             c["step_kd"] = {"batch_size": d.batch_size, "temperature": d.temperature, "alpha": d.alpha}
@@ -61,7 +62,7 @@ class PruneStage(Stage):
         macs, params = models.count_macs(student, example), models.count_params(student)
         models.save_model(student, out / "model.pt")
         models.export_pt2(student, example, out / "model.pt2")
-        onnx_meta = ort_backend.export_onnx(student, example, out / "model.onnx")
+        onnx_meta = ort_backend.export_onnx(student, example, out / "model.onnx", dynamic=ctx.dynamic())
         check_onnx(onnx_meta)
         before, after = layer_channels(teacher), layer_channels(student)
         return {

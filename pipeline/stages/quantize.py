@@ -152,5 +152,6 @@ class QuantizeStage(Stage):
         job = QuantizeJob(target=t, dest=dest, tmp=tmp, calib=calib, held_x=held.x, method=self.method(ctx),
                           per_channel=q.per_channel, onnx_source=ctx.artifact(self.source, "model.onnx"),
                           source=source, to_quantize=to_quantize, example=example, model_name=spec.path.name,
-                          dynamic_batch=engine.dynamic_batch(t), prepared=prepared, isa_aware=q.isa_aware)
+                          dynamic_batch=engine.dynamic_batch(t), prepared=prepared, isa_aware=q.isa_aware,
+                          dynamic=ctx.dynamic())
         return engine.quantizer(job)

@@ -49,11 +49,24 @@ def artifact_rows(ctx: Context) -> tuple[list[dict], float | None]:
             "params": r.get("params", lineage.get("params")), "macs": r.get("macs", lineage.get("macs")),
             "selected": r.get("selected"), "note": r.get("note", ""),
             **({"device_engine": True} if r.get("device_engine") else {}),
+            **({"host_proxy_of": r["host_proxy_of"]} if r.get("host_proxy_of") else {}),
+            **({"latency_by_shape": r["latency_by_shape"]} if r.get("latency_by_shape") else {}),
         })
     for row in rows:
         if row["accuracy"] is not None and teacher_acc is not None:
             row["accuracy_delta"] = row["accuracy"] - teacher_acc     # in the metric's units; its sign: report.metric
     return rows, teacher_acc
+
+
+def pruning_summary(m: dict) -> dict | None:
+    """What prune did and what it left alone: MACs/params fractions, the goal, and every channel group it
+    could not prune (root module, members, reason). None when the prune stage did not run."""
+    if not m or "macs_fraction" not in m:
+        return None
+    return {"macs_fraction": m["macs_fraction"], "params_fraction": m["params_fraction"],
+            "macs_goal_fraction": m.get("macs_goal_fraction"), "met": m.get("search", {}).get("met"),
+            "excluded_groups": [{"root": g.get("root"), "members": g.get("modules", []), "reason": g.get("reason")}
+                                for g in m.get("excluded_groups", [])]}
 
 
 def deliverable(rows: list[dict], target: str, compile_metrics: dict) -> dict | None:
@@ -91,6 +104,7 @@ class ReportStage(Stage):
             if mismatch:
                 targets[-1]["notes"].append(mismatch)
         stages = {name: ctx.record(name) for name in ctx.statuses if name != self.name}
+        prune = stages["prune"]["metrics"] if "prune" in stages else {}
         report = {
             "schema_version": schema.SCHEMA_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -99,11 +113,13 @@ class ReportStage(Stage):
             "model": load["model"], "data": load["data"],
             "task": ctx.task.describe(), "metric": ctx.task.primary.as_dict(),
             "inputs": load.get("inputs"),
+            "dynamic": ctx.config.dynamic or None,
             "teacher_accuracy": teacher_acc,
             "test_samples": ctx.record("evaluate")["metrics"]["test_samples"],
             "stages": dict(ctx.statuses),
             "stage_wall_s": {n: r["wall_s"] for n, r in stages.items()},
             "artifacts": artifacts,
+            "pruning": pruning_summary(prune),
             "targets": targets,
             "host": {**host_facts(), "isa": host_isa},
             "toolchain": toolchain(),

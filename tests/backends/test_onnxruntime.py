@@ -178,3 +178,30 @@ def test_quantize_int8_user_errors(trained, tmp_path):
         ort_backend.quantize_int8(src, calib, out, exclude_nodes=["/no/such/Conv"])
     with pytest.raises(UserError, match="not found"):
         ort_backend.quantize_int8(tmp_path / "missing.onnx", calib, out)
+
+
+def test_attention_graph_quantizes_only_its_linears(tmp_path):
+    """A token-id encoder with an additive attention mask: with every op in INT8 the mask's -1e4 sets
+    activation scales that flatten the attention (top-1 near chance); the linears-only rule keeps it."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+    import any_models as am
+    from pipeline.backends.onnxruntime import quantize as q
+    from pipeline.data.inputs import Inputs
+
+    am.make_tokens(tmp_path / "t.npz")
+    d = np.load(tmp_path / "t.npz")
+    model = am.train(am.tiny_encoder(), tmp_path / "t.npz")
+    train = Inputs({"input_ids": d["input_ids_train"], "attention_mask": d["attention_mask_train"]})
+    test = {"input_ids": d["input_ids_test"], "attention_mask": d["attention_mask_test"]}
+    ort_backend.export_onnx(model, train[:1], tmp_path / "f.onnx")
+    Runner = ort_backend.Runner
+    fp32 = (Runner(tmp_path / "f.onnx").run(test).argmax(1) == d["y_test"]).mean()
+    meta = q.quantize_int8(tmp_path / "f.onnx", train[:256], tmp_path / "i.onnx")
+    assert meta["op_types_quantized"] == ["MatMul", "Gemm", "Conv"] and "Softmax" in meta["op_types_reason"]
+    int8 = (Runner(tmp_path / "i.onnx").run(test).argmax(1) == d["y_test"]).mean()
+    assert fp32 > 0.9 and int8 >= fp32 - 0.02
+    # every op quantized (the rule off): the collapse the rule exists for
+    q.quantize_int8(tmp_path / "f.onnx", train[:256], tmp_path / "all.onnx", op_types="all")
+    everything = (Runner(tmp_path / "all.onnx").run(test).argmax(1) == d["y_test"]).mean()
+    assert everything < fp32 - 0.2

@@ -52,8 +52,12 @@ def test_model_kind_end_to_end_on_ort_and_litert(kind, made, run_cli, tmp_path):
     _, factory, task, metric, names = KINDS[kind]
     data, weights = made[kind]
     out = tmp_path / "run"
+    # The token model also declares its dynamic axes and adds a TensorRT target: one export, one profile
+    # and one latency row per shape.
+    dyn = ["--dynamic", "batch=1..4", "--dynamic", "seq=8..16"] if kind == "tokens" else []
+    targets = "x86-cpu,android" + (",jetson" if dyn else "")
     r = run_cli("run", "--task", task, "--model", f"{MODELS}:{factory}", "--weights", str(weights), "--data", str(data),
-                "--target", "x86-cpu,android", "--out", str(out), *FAST)
+                "--target", targets, "--out", str(out), *dyn, *FAST)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["metric"]["name"] == metric and report["task"]["name"] == task
@@ -75,6 +79,8 @@ def test_model_kind_end_to_end_on_ort_and_litert(kind, made, run_cli, tmp_path):
         assert {i["runtime"]["dtype"] for i in man["inputs"]} == {"int32"}
         onnx_man = json.loads((out / "handoff" / "x86-cpu" / "manifest.json").read_text())
         assert {i["runtime"]["dtype"] for i in onnx_man["inputs"]} == {"int64"}
+    if dyn:
+        check_dynamic(out, report)
     if kind == "lstm":
         log = (out / "log.txt").read_text()
         assert "recurrent layers lstm are not pruned" in log
@@ -83,6 +89,35 @@ def test_model_kind_end_to_end_on_ort_and_litert(kind, made, run_cli, tmp_path):
     if len(names) > 1:                     # the bundle's golden samples carry every named input
         verify = run_cli("verify", str(out / "handoff"), "--runs", "5")
         assert verify.returncode == 0, verify.stdout[-2000:] + verify.stderr[-2000:]
+
+
+def check_dynamic(out, report):
+    """--dynamic batch=1..4 seq=8..16 on the token model (data: 16 tokens)."""
+    import onnx
+    x86 = out / "handoff" / "x86-cpu"
+    onnx_in = onnx.load(str(x86 / json.loads((x86 / "manifest.json").read_text())["deliverable"])).graph.input
+    assert [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx_in] == [["batch", "seq"]] * 2
+    assert report["dynamic"] == {"batch": [1, 4], "seq": [8, 16]}
+    rows = {a["name"]: a for a in report["artifacts"]}
+    want = ["batch=1 seq=8", "batch=1 seq=16", "batch=4 seq=8", "batch=4 seq=16"]
+    for name in ("teacher", "x86-cpu: INT8 ONNX", "x86-cpu: FP32 ONNX"):
+        by_shape = rows[name]["latency_by_shape"]
+        assert [s["shape"] for s in by_shape] == want and all(s["p50_ms"] > 0 for s in by_shape), name
+        assert by_shape[3]["inputs"] == {"input_ids": [4, 16], "attention_mask": [4, 16]}
+    tfl = {s["shape"]: s["p50_ms"] for s in rows["android: INT8 TFLite"]["latency_by_shape"]}
+    assert tfl["batch=1 seq=16"] > 0 and [k for k, v in tfl.items() if v is None] == [w for w in want if w != "batch=1 seq=16"]
+    md = (out / "report.md").read_text()
+    assert "## Latency by shape" in md and "| batch=4 seq=16 |" in md and "android: INT8 TFLite: fixed input shape" in md
+    sh = (out / "handoff" / "jetson" / "build_engine.sh").read_text()
+    assert "--minShapes=input_ids:1x8,attention_mask:1x8" in sh and "--maxShapes=input_ids:4x16,attention_mask:4x16" in sh
+    prof = json.loads((out / "handoff" / "jetson" / "build_engine.json").read_text())["profiles"]
+    assert prof["attention_mask"] == [[1, 8], [4, 16], [4, 16]]
+    comp = json.loads((out / "compile-jetson" / "stage.json").read_text())["metrics"]
+    assert not [p for p in comp["compat_problems"] if p["rule"] == "dynamic-shape"], comp["compat_problems"]
+    man = {t: json.loads((out / "handoff" / t / "manifest.json").read_text()) for t in ("x86-cpu", "android")}
+    assert man["x86-cpu"]["inputs"][0]["dynamic_axes"] == {"0": {"symbol": "batch", "min": 1, "max": 4},
+                                                          "1": {"symbol": "seq", "min": 8, "max": 16}}
+    assert "fixed_shape" in man["android"]["inputs"][0] and man["android"]["inputs"][0]["runtime"]["shape"] == [1, 16]
 
 
 @pytest.mark.slow

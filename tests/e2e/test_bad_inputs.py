@@ -84,6 +84,10 @@ def run(tmp_path, *args, until="load", **kw):
     (["--model", "{d}/tuple.py:build", "--trust-model"], ["returns a tuple"]),
     (["--model", "{d}/five.py:build", "--trust-model"], ["5 outputs", "10 classes"]),
     (["--input-shape", "1,3,32,32"], ["input shape"]),
+    (["--input-shape", "pixels=1x1x28x28"], ["names 'pixels'", "inputs are input"]),
+    (["--input-shape", "input=1x1x32x32"], ["input shape [1, 1, 32, 32] for 'input'"]),
+    (["--dynamic", "seq=8..64"], ["no input is a (N, L) integer sequence", "NAME:AXIS"]),
+    (["--dynamic", "batch=8..1"], ["--dynamic 'batch=8..1'"]),
     (["--data", "{d}/rgb.npz"], ["fails on inputs", "[1, 3, 28, 28]", "channels"]),   # targets fix no shape
     (["--data", "{d}/rgb.npz", "--target", "{d}/noshape.toml"], ["fails on input"]),
     (["--model", "{d}/garbage.onnx"], ["garbage.onnx"]),

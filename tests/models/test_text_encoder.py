@@ -6,6 +6,7 @@ not installed (setup.sh installs it).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -174,3 +175,35 @@ def test_committed_text_teacher_loads_and_matches_its_record():
     tok = fine_foods.load_tokenizer(TEXT_DEFAULT)
     assert tok.get_vocab_size() == record["kwargs"]["vocab_size"] and tok.token_to_id("[PAD]") == 0
     assert record["test_accuracy"] > record["majority_baseline_test_accuracy"] + 0.05
+
+
+@pytest.mark.slow
+def test_default_text_classification_run_end_to_end(tmp_path):
+    """`run --task text-classification` with no --model/--data: the bundled encoder on the real reviews,
+    through LiteRT and ONNX Runtime, with a dynamic sequence axis; the bundle ships the tokenizer."""
+    out = tmp_path / "text"
+    r = subprocess.run([sys.executable, "-m", "pipeline", "run", "--task", "text-classification", "--target",
+                        "android,x86-cpu", "--out", str(out), "--dynamic", "seq=32..128",
+                        "--set", "evaluate.test_limit=128", "--set", "distill.train_limit=256", "--set", "distill.epochs=1",
+                        "--set", "evaluate.runs=10", "--set", "evaluate.warmup=2", "--set", "load.latency_runs=5",
+                        "--set", "quantize.heldout_samples=128", "--set", "quantize.fallback=false"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"]["name"] == "text-classification" and report["data"] == "fine-foods"
+    assert [i["name"] for i in report["inputs"]] == ["input_ids", "attention_mask"]
+    rows = {a["name"]: a for a in report["artifacts"]}
+    assert rows["teacher"]["accuracy"] > 0.7          # the committed teacher on the first 128 test reviews
+    assert [s["shape"] for s in rows["teacher"]["latency_by_shape"]] == ["seq=32", "seq=64", "seq=128"]
+    man = json.loads((out / "handoff" / "android" / "manifest.json").read_text())
+    tok = man["tokenizer"]
+    assert tok["file"] == "tokenizer.json" and tok["max_len"] == 128 and tok["padding"] == "right"
+    assert tok["sha256"] == hashlib.sha256((out / "handoff" / "android" / "tokenizer.json").read_bytes()).hexdigest()
+    assert {i["runtime"]["dtype"] for i in man["inputs"]} == {"int32"}
+
+
+def test_text_task_refuses_an_image_model(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pipeline", "run", "--task", "text-classification", "--model", "default",
+                        "--data", "fashion-mnist", "--target", "android", "--out", str(tmp_path / "x"), "--until", "load"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "wants integer token ids" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]

@@ -336,6 +336,35 @@ def test_unprunable_layer_is_named():
     assert pruned(X).shape == (1, 10)
 
 
+class ShuffleBy3(nn.Module):
+    """Its forward needs conv b's channel count divisible by 3: 48 -> 24 (ratio 0.5, the probe) works,
+    32 (ratio 0.3 with round_to 8) breaks it, so only the search meets the failure."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 48, 3, padding=1), nn.Conv2d(48, 48, 1)
+        self.c, self.d, self.fc = nn.Conv2d(48, 32, 1), nn.Conv2d(32, 32, 3, padding=1), nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = self.b(self.a(x))
+        n, c, h, w = y.shape
+        y = y.reshape(n * 3, c // 3, h, w).relu().reshape(n, c, h, w)
+        return self.fc(self.d(self.c(y)).mean((2, 3)))
+
+
+def test_group_failing_only_at_a_search_ratio_is_excluded_not_fatal():
+    model = ShuffleBy3().eval()
+    setup = Setup("l2", 8, ["fc"])
+    prune_once(model, X, 0.5, setup)                     # the probe ratio passes
+    with pytest.raises(UserError, match="fails at layer 'b'"):
+        prune_once(model, X, 0.3, setup)
+    pruned, rec = prune_to_budget(model, X, PruneConfig(budget="ratio", ratio=0.3), setup)
+    assert [g["root"] for g in rec["excluded_groups"]] == ["b"]
+    assert rec["excluded_groups"][0]["reason"].startswith("at pruning ratio 0.300: the pruned model fails at layer 'b'")
+    ch = layer_channels(pruned)
+    assert ch["b"] == 48 and ch["a"] < 48 and ch["c"] < 32 and pruned(X).shape == (1, 10)   # only b's group whole
+
+
 @pytest.fixture
 def fmnist_ctx(tmp_path, small_npz):
     cfg = RunConfig(data=str(small_npz))

@@ -13,3 +13,6 @@ def test_report_validates_and_labels_host_figures(small_run):
     assert jetson["measured"]["latency_p50_ms"] is None            # no device figure was measured
     assert any("says nothing about TensorRT speed" in n for n in jetson["notes"])
     assert all(a["latency_where"] in (None, "host") for a in report["artifacts"])
+    prune = json.loads((small_run / "prune" / "stage.json").read_text())["metrics"]
+    assert report["pruning"]["macs_fraction"] == prune["macs_fraction"]
+    assert report["pruning"]["excluded_groups"] == [] and "## Pruning" in (small_run / "report.md").read_text()

@@ -92,6 +92,16 @@ class Runner(base.Runner):
             feed[name] = np.ascontiguousarray(a, dtype=dtype or np.float32)
         return feed
 
+    def accepts(self, shapes: dict[str, list[int]]) -> bool:
+        """Whether the graph takes inputs of these full shapes (its dynamic dims take any size)."""
+        return all(n in shapes and len(shapes[n]) == len(s) and all(w is None or w == g for w, g in zip(s, shapes[n]))
+                   for n, s, _ in self.inputs) if len(self.inputs) > 1 or self.input_name in shapes else \
+            len(shapes) == 1 and self.accepts({self.input_name: next(iter(shapes.values()))})
+
+    def feed(self, x) -> dict[str, np.ndarray]:
+        """The checked feed of all of x (every sample, no batch cut): for run_raw at a chosen shape."""
+        return self._check(x)
+
     def prepare(self, x):
         """One inference's input, checked and contiguous: the first `batch` samples of x (the array itself
         for a single-input model, else the feed by name)."""
@@ -123,7 +133,7 @@ def onnx_quantizer(job: base.QuantizeJob, build, proxy_method: str, symmetric: b
     onnx_in = job.onnx_source
     if job.prepared is not None or (job.dynamic_batch and job.to_quantize is not None):
         onnx_in = job.tmp / "to-quantize.onnx"
-        export_onnx(job.to_quantize, job.example, onnx_in, dynamic_batch=job.dynamic_batch)
+        export_onnx(job.to_quantize, job.example, onnx_in, dynamic_batch=job.dynamic_batch, dynamic=job.dynamic)
     elif job.dynamic_batch and isinstance(next(iter(io_shapes(load_onnx(job.onnx_source))["inputs"].values()))[0], int):
         raise UserError(f"target '{t.name}' asks for a dynamic batch (max_batch > 1), but {job.model_name} has a "
                         "fixed batch dim", "re-export the ONNX with a dynamic batch axis, or set max_batch = 1")

@@ -17,12 +17,16 @@ from pipeline.hashing import sha256_file
 
 
 def export_onnx(model: "torch.nn.Module", example, out_path: Path, opset: int = 17,
-                dynamic_batch: bool = False, dynamic_axes: dict[str, dict[int, str]] | None = None) -> dict:
+                dynamic_batch: bool = False, dynamic_axes: dict[str, dict[int, str]] | None = None,
+                dynamic=None) -> dict:
     """Export `model` to a simplified FP32 ONNX file with its inputs by name and one output "logits".
 
     `example`: one normalized sample as Inputs (named inputs, each passed as a forward() argument in
     order; a single x_<split> input is named "input") or a float32 tensor (named "input").
-    `dynamic_axes` {input name: {axis: symbol}} adds dynamic axes beyond the batch (e.g. a sequence).
+    `dynamic_axes` {input name: {axis: symbol}} adds dynamic axes beyond the batch (e.g. a sequence);
+    `dynamic` (pipeline/data/shapes.Dynamic, the run's --dynamic axes) adds its axes and checks that the
+    graph answers like torch at the smallest and the largest declared shape (a size the tracer froze
+    into the graph is refused, not shipped).
 
     Uses the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`): it emits the requested
     opset (the dynamo exporter starts at 18), folds BatchNorm into Conv, keeps GlobalAveragePool,
@@ -48,7 +52,7 @@ def export_onnx(model: "torch.nn.Module", example, out_path: Path, opset: int = 
     axes: dict[str, dict[int, str]] = {}
     if dynamic_batch:
         axes = {n: {0: "batch"} for n in [*names, OUTPUT_NAME]}
-    for n, more in (dynamic_axes or {}).items():
+    for n, more in {**(dynamic_axes or {}), **(dynamic.onnx_axes(OUTPUT_NAME) if dynamic else {})}.items():
         axes.setdefault(n, {}).update(more)
     was_training = model.training
     model.eval()
@@ -86,6 +90,7 @@ def export_onnx(model: "torch.nn.Module", example, out_path: Path, opset: int = 
     shapes = io_shapes(slim)
     feed = {n: a.numpy() for n, a in zip(names, args) if n in shapes["inputs"]}   # an unused input is folded away
     got = cpu_session(data).run([OUTPUT_NAME], feed)[0]
+    checked = _check_dynamic(model, data, feed, dynamic) if dynamic else []
     return {
         "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
         "torch": torch.__version__,
@@ -96,9 +101,43 @@ def export_onnx(model: "torch.nn.Module", example, out_path: Path, opset: int = 
         "output": {"name": OUTPUT_NAME, "shape": list(shapes["outputs"][OUTPUT_NAME])},
         "dynamic_batch": dynamic_batch,
         "dynamic_axes": {n: {str(k): v for k, v in d.items()} for n, d in axes.items()},
+        "dynamic_checked": checked,
         "n_nodes": len(slim.graph.node),
         "op_types": dict(sorted(Counter(n.op_type for n in slim.graph.node).items())),
         "bytes": len(data),
         "sha256": sha256_file(out_path),
         "max_abs_diff_vs_torch": float(np.abs(got - reference.numpy()).max()),
     }
+
+
+def _check_dynamic(model, data: bytes, feed: dict[str, np.ndarray], dynamic) -> list[dict]:
+    """Run torch and ONNX Runtime at the smallest and the largest declared shape (real samples cut or
+    repeated to size); refuse an export whose graph froze a size or answers differently there."""
+    import torch
+
+    from pipeline.data.shapes import resize_to
+
+    rows = dynamic.latency_shapes({n: list(a.shape) for n, a in feed.items()})
+    session, checked = cpu_session(data), []
+    for label, shapes in [rows[0], rows[-1]] if len(rows) > 1 else rows:
+        x = resize_to(feed, {n: shapes[n] for n in feed})
+        try:
+            with torch.no_grad():
+                ref = model(*[torch.from_numpy(a) for a in x.values()]).numpy()
+        except Exception as e:      # the model's own limit (e.g. its position table): the range is the user's
+            raise UserError(f"the model itself fails at {label} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                            "declare a --dynamic range the model takes (e.g. up to its maximum sequence length)") from None
+        try:
+            got = session.run([OUTPUT_NAME], x)[0]
+        except Exception as e:      # onnxruntime raises its own types; one line names the shape
+            raise UserError(f"the ONNX export does not run at {label} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                            "the model fixes that size (e.g. a reshape to a constant): drop that --dynamic axis "
+                            "or make forward() read sizes from its input") from None
+        diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
+        if diff > 1e-3 * max(1.0, float(np.abs(ref).max())):
+            raise UserError(f"the ONNX export answers differently from torch at {label} (max diff {diff:.3g}, "
+                            f"shapes {list(got.shape)} vs {list(ref.shape)})",
+                            "the tracer froze a size of the example: drop that --dynamic axis or make forward() "
+                            "read sizes from its input")
+        checked.append({"shape": label, "max_abs_diff_vs_torch": diff})
+    return checked

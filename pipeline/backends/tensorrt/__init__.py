@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.backends import base
-from pipeline.backends.onnxruntime import load_onnx, onnx_quantizer
+from pipeline.backends.onnxruntime import INPUT_NAME, load_onnx, onnx_quantizer
 from pipeline.backends.tensorrt.bundle import BUILD_OPTS, build_script, device_files
 from pipeline.backends.tensorrt.compat import DEFAULT_TRT_VERSION, check_compat, strongly_typed  # noqa: F401
 from pipeline.backends.tensorrt.modelopt_qdq import quantize_int8  # noqa: F401
@@ -93,7 +93,8 @@ def _require() -> None:
 
 def build_engine(onnx_path: Path, plan_path: Path, *, int8: bool = True, fp16: bool = True, workspace_mb: int = 1024,
                  timing_cache: Path | None = None, dla_core: int | None = None, gpu_fallback: bool = True,
-                 min_opt_max_batch: tuple[int, int, int] | None = None, strongly_typed: bool = False) -> dict:
+                 min_opt_max_batch: tuple[int, int, int] | None = None, strongly_typed: bool = False,
+                 profiles: dict | None = None) -> dict:
     """Build a TensorRT engine (plan) here; needs tensorrt and a CUDA GPU (UserError otherwise).
 
     INT8 comes only from the Q/DQ nodes of the ONNX (explicit quantization, no calibrator). Returns
@@ -111,7 +112,7 @@ def build_engine(onnx_path: Path, plan_path: Path, *, int8: bool = True, fp16: b
         return build_plan(str(onnx_path), str(plan_path), int8=int8, fp16=fp16, workspace_mb=workspace_mb,
                           timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core,
                           gpu_fallback=gpu_fallback, min_opt_max_batch=min_opt_max_batch,
-                          strongly_typed=strongly_typed)
+                          strongly_typed=strongly_typed, profiles=profiles)
     except DeviceError as e:
         raise UserError(str(e), "run check_compat on the ONNX and fix what it reports, or change the build options") from None
 
@@ -134,20 +135,36 @@ class Runner(base.Runner):
         self.output_name = self._runner.output_name
         self.input_shape = (None if self._runner.dynamic else self._runner.max_batch, *self._runner.sample_shape)
 
-    def prepare(self, x: np.ndarray) -> np.ndarray:
-        """One engine batch of x (its fixed batch, or one image for a dynamic engine), contiguous float32."""
-        return np.ascontiguousarray(x[: self.input_shape[0] or 1], dtype=np.float32)
+    def io(self) -> dict:
+        r = self._runner
+        return {"inputs": [{"name": n, "shape": [d if d >= 0 else None for d in r.shapes[n]], "dtype": r.dtypes[n].name,
+                            "layout": self.layout if len(r.shapes[n]) == 4 else None} for n in r.input_names],
+                "outputs": [{"name": self.output_name, "dtype": "float32"}]}
 
-    def run_raw(self, x: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _arrays(x):
+        """Normalized inputs as the device runner takes them: one array, or {input name: array}."""
+        if isinstance(x, np.ndarray):
+            return x
+        arrays = dict(x.items())
+        return next(iter(arrays.values())) if len(arrays) == 1 else arrays
+
+    def prepare(self, x):
+        """One engine batch of x (its fixed batch, or one sample for a dynamic engine), by input name."""
+        n = self.input_shape[0] or 1
+        a = self._arrays(x)
+        return {k: v[:n] for k, v in a.items()} if isinstance(a, dict) else a[:n]
+
+    def run_raw(self, x) -> np.ndarray:
         """One execution on a prepared batch (copies included)."""
         return self._runner.infer(x)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """float32 logits for normalized float32 NCHW images (any count; run in engine batches)."""
+    def run(self, x) -> np.ndarray:
+        """float32 logits for normalized inputs (any count; run in engine batches)."""
         try:
-            return self._runner.run(np.ascontiguousarray(x, dtype=np.float32))
+            return self._runner.run(self._arrays(x))
         except DeviceError as e:
-            raise UserError(str(e), "pass normalized float32 NCHW images of the engine's input shape") from None
+            raise UserError(str(e), "pass normalized inputs of the engine's input shapes") from None
 
     def layer_precisions(self) -> dict[str, int]:
         """How many engine layers run in each precision (IEngineInspector; detailed only for engines
@@ -158,7 +175,7 @@ class Runner(base.Runner):
     def time(self, x: np.ndarray, warmup: int, runs: int) -> list[float]:
         """ms per run from CUDA events around execute_async_v3 (one engine batch of x; copies excluded)."""
         try:
-            return self._runner.time(np.ascontiguousarray(x, dtype=np.float32), warmup, runs)
+            return self._runner.time(self._arrays(x), warmup, runs)
         except DeviceError as e:
             raise UserError(str(e), "pass a batch the engine accepts") from None
 
@@ -201,25 +218,31 @@ class TensorRT(base.Engine):
                                  fp16_fallback=t.tensorrt.fp16_fallback)
         return onnx_quantizer(job, build, "minmax" if job.method == "entropy" else job.method, True, PROXY_NOTE)
 
-    def build_options(self, target, input_shape: list[int]) -> dict:
-        """The engine build options of this target (bundle scripts, bench and a local build use the same)."""
+    def build_options(self, target, input_shape: list[int], input_shapes: dict | None = None, dynamic=None) -> dict:
+        """The engine build options of this target (bundle scripts, bench and a local build use the same).
+        Optimization profile: the run's --dynamic axes (min/opt/max shape per input), else batch
+        1..max_batch when the target asks for it, else none (static shapes)."""
         trt = target.tensorrt
-        dynamic = trt.max_batch > 1
+        shapes = input_shapes or {INPUT_NAME: [1, *input_shape[1:]]}
+        profiles = dynamic.profiles(shapes) if dynamic else {}
+        batch = None
+        if not profiles and trt.max_batch > 1:      # one profile, batch 1..max_batch, kernels tuned for max_batch
+            batch = [1, trt.max_batch, trt.max_batch]
+            profiles = {n: [[b, *s[1:]] for b in batch] for n, s in shapes.items()}
         return {**trt.model_dump(), "int8": True, "fp16": trt.fp16_fallback, "input_shape": [1, *input_shape[1:]],
-                "strongly_typed": strongly_typed(trt.version),
-                # one optimization profile, batch 1..max_batch, kernels tuned for max_batch
-                "min_opt_max_batch": [1, trt.max_batch, trt.max_batch] if dynamic else None}
+                "strongly_typed": strongly_typed(trt.version), "min_opt_max_batch": batch, "profiles": profiles or None}
 
     def compile(self, job: base.CompileJob) -> dict:
         from pipeline.runner import log
         t = job.target
         onnx_name = self.int8_file
         shutil.copyfile(job.int8, job.out / onnx_name)
-        problems = check_compat(job.out / onnx_name, t.tensorrt.version, dynamic_batch=self.dynamic_batch(t),
-                                fp16_expected=t.tensorrt.fp16_fallback)
+        opts = self.build_options(t, job.input_shape, job.input_shapes, job.dynamic)
+        problems = check_compat(job.out / onnx_name, t.tensorrt.version,
+                                dynamic_batch=self.dynamic_batch(t) or bool(job.dynamic and job.dynamic.batch),
+                                fp16_expected=t.tensorrt.fp16_fallback, profiles=opts["profiles"])
         for p in problems:
             log.warning("[%s] TensorRT check: %s %s: %s", job.stage, p["op"], p["node"], p["message"])
-        opts = self.build_options(t, job.input_shape)
         for fname, text in build_script(onnx_name, PLAN, opts).items():
             (job.out / fname).write_text(text)
             if fname.endswith(".sh"):
@@ -235,7 +258,8 @@ class TensorRT(base.Engine):
             meta = build_engine(job.out / onnx_name, job.out / PLAN, int8=True, fp16=t.tensorrt.fp16_fallback,
                                 workspace_mb=t.tensorrt.workspace_mb, timing_cache=job.out / "timing.cache",
                                 dla_core=t.tensorrt.dla_core, gpu_fallback=t.tensorrt.gpu_fallback,
-                                min_opt_max_batch=opts["min_opt_max_batch"], strongly_typed=opts["strongly_typed"])
+                                min_opt_max_batch=opts["min_opt_max_batch"], strongly_typed=opts["strongly_typed"],
+                                profiles=opts["profiles"])
             engine = {"status": "built", "meta": meta}
         arts.append({"name": f"{t.name}: TensorRT engine", "file": PLAN if ok else None,
                      "backend": self.name, "precision": "int8+fp16" if t.tensorrt.fp16_fallback else "int8",
@@ -316,7 +340,8 @@ class TensorRT(base.Engine):
                                            gpu_fallback=defaults["gpu_fallback"],
                                            timing_cache=tdir / cache if cache else None,
                                            min_opt_max_batch=tuple(batch) if batch else None,
-                                           strongly_typed=defaults.get("strongly_typed", False))
+                                           strongly_typed=defaults.get("strongly_typed", False),
+                                           profiles=defaults.get("profiles"))
         else:
             report["build"] = {"plan": PLAN, "skipped": True}
         runner = Runner(plan)
@@ -326,6 +351,7 @@ class TensorRT(base.Engine):
             x, y, labels = golden_inputs(g), g["y"], (g["labels"] if "labels" in g.files else None)
         gold = manifest["golden"]
         report["check"] = golden_check(runner.run(x), y, labels, gold["max_abs"], 0.0, gold["min_argmax_agreement"])
-        batch_x = x[: runner.input_shape[0] or 1]
-        report["latency_ms"] = device_latency(runner.time(batch_x, warmup, runs), warmup, len(batch_x), GPU_WHAT)
+        batch_x = runner.prepare(x)
+        n = len(next(iter(batch_x.values()))) if isinstance(batch_x, dict) else len(batch_x)
+        report["latency_ms"] = device_latency(runner.time(batch_x, warmup, runs), warmup, n, GPU_WHAT)
         return report

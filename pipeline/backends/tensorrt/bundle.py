@@ -15,6 +15,7 @@ BUILD_OPTS: dict[str, Any] = {
     # engine build: the build_engine / trtexec options
     "int8": True, "fp16": True, "workspace_mb": 1024, "timing_cache": "timing.cache", "dla_core": None,
     "gpu_fallback": True, "min_opt_max_batch": None, "strongly_typed": False,
+    "profiles": None,     # {input: [min, opt, max] shapes}: the run's --dynamic axes (or the batch profile)
     # the target's [tensorrt] table (config.TensorRTOptions): expected toolchain, recorded in the report;
     # fp16_fallback is the default of fp16 when fp16 is not given
     "version": DEFAULT_TRT_VERSION, "jetpack": None, "fp16_fallback": True, "max_batch": 1,
@@ -24,6 +25,16 @@ BUILD_OPTS: dict[str, Any] = {
 }
 def _shape_arg(name: str, batch: int, sample: Sequence[int]) -> str:
     return f"{name}:{'x'.join(str(d) for d in (batch, *sample))}"
+
+
+def _profile_flags(profiles: dict) -> list[str]:
+    """trtexec --minShapes/--optShapes/--maxShapes, every input of the profile in each."""
+    for name, shapes in profiles.items():
+        if len(shapes) != 3 or not all(1 <= a <= b <= c for a, b, c in zip(*shapes)):
+            raise UserError(f"the optimization profile of input '{name}' is {shapes}",
+                            "give [min, opt, max] shapes with min <= opt <= max on every axis")
+    return [f"--{k}Shapes=" + ",".join(_shape_arg(n, s[i][0], s[i][1:]) for n, s in profiles.items())
+            for i, k in enumerate(("min", "opt", "max"))]
 
 
 def build_script(onnx_name: str, plan_name: str, opts: dict) -> dict[str, str]:
@@ -50,7 +61,9 @@ def build_script(onnx_name: str, plan_name: str, opts: dict) -> dict[str, str]:
               f"--timingCacheFile={shlex.quote(str(o['timing_cache']))}"]
     if o["dla_core"] is not None:
         flags += [f"--useDLACore={int(o['dla_core'])}"] + (["--allowGPUFallback"] if o["gpu_fallback"] else [])
-    if o["min_opt_max_batch"] is not None:
+    if o["profiles"]:
+        flags += _profile_flags(o["profiles"])
+    elif o["min_opt_max_batch"] is not None:
         lo, opt, hi = o["min_opt_max_batch"]
         flags += [f"--minShapes={_shape_arg(INPUT_NAME, lo, sample)}", f"--optShapes={_shape_arg(INPUT_NAME, opt, sample)}",
                   f"--maxShapes={_shape_arg(INPUT_NAME, hi, sample)}"]
@@ -81,6 +94,7 @@ def build_script(onnx_name: str, plan_name: str, opts: dict) -> dict[str, str]:
         "int8", "fp16", "workspace_mb", "timing_cache", "dla_core", "gpu_fallback", "strongly_typed", "golden", "atol", "rtol",
         "min_top1_agreement", "warmup", "runs", "report")},
         "min_opt_max_batch": list(o["min_opt_max_batch"]) if o["min_opt_max_batch"] is not None else None,
+        "profiles": o["profiles"],
         "target": {"tensorrt": str(o["version"]), "jetpack": o["jetpack"], "max_batch": int(o["max_batch"])}}
     return {"build_engine.sh": sh, "build_engine.json": json.dumps(defaults, indent=2) + "\n"}
 

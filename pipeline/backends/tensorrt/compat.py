@@ -151,7 +151,7 @@ def parse_version(version: str) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- static compatibility check
 def check_compat(onnx_path: Path, trt_version: str = DEFAULT_TRT_VERSION, dynamic_batch: bool = False,
-                 fp16_expected: bool = False) -> list[dict]:
+                 fp16_expected: bool = False, profiles: dict | None = None) -> list[dict]:
     """Problems that would stop (or silently change) a TensorRT explicit-quantization build.
 
     Needs only onnx. Rules (the "rule" of each problem):
@@ -226,8 +226,8 @@ def check_compat(onnx_path: Path, trt_version: str = DEFAULT_TRT_VERSION, dynami
             for i, d in enumerate(dims):
                 if isinstance(d, int) and d > 0:
                     continue
-                if i == 0 and dynamic_batch:
-                    continue
+                if (i == 0 and dynamic_batch) or (profiles and (kind == "output" or name in profiles)):
+                    continue       # covered by the optimization profile (outputs follow their inputs)
                 problem(name, kind, "dynamic-shape",
                         f"{kind} dim {i} is dynamic ('{d}'): TensorRT needs fixed dims"
                         + (" (only the batch dim may vary, with min/opt/max batch)" if i else
