@@ -36,7 +36,7 @@ TEXT_DEFAULT_DIR = Path(__file__).parent / "text-default"       # the text-class
 # Layer attributes that carry channel counts; pruning changes them, rebuilding restores them.
 SHAPE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
                "normalized_shape", "groups", "num_channels", "num_groups", "embed_dim", "num_heads", "head_dim",
-               "attn_dim")
+               "attn_dim", "num_attention_heads", "attention_head_size", "all_head_size")
 
 
 @dataclass
@@ -46,9 +46,12 @@ class ModelSpec:
     factory: Optional[str] = None
     weights: Optional[Path] = None
     trusted: bool = False     # --trust-model: a .pt2 archive may unpickle (run code) when loaded
+    kwargs: Optional[dict] = None   # the factory's arguments (hf:DIR: the folder)
 
     @property
     def label(self) -> str:
+        if self.kwargs and "path" in self.kwargs:
+            return f"hf:{Path(self.kwargs['path']).name}"
         return f"{self.path.name}:{self.factory}" if self.kind == "factory" else self.path.name
 
     @property
@@ -63,6 +66,14 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
     if spec in ("", "default"):
         return ModelSpec("factory", ROOT / DEFAULT_FACTORY.split(":")[0], "small_resnet",
                          Path(weights) if weights else DEFAULT_WEIGHTS)
+    if spec.startswith("hf:"):
+        d = Path(spec[3:])
+        if not d.is_dir():
+            raise UserError(f"hf model folder not found: {d}", "pass hf:DIR, the folder written by save_pretrained")
+        if weights:
+            raise UserError("--weights does not apply to hf:DIR models", "drop --weights; the folder holds them")
+        # No code of the folder runs (trust_remote_code stays off); its weights load as tensors.
+        return ModelSpec("factory", Path(__file__).parent / "hf.py", "from_pretrained", None, trust, {"path": str(d)})
     if spec == "text-default":
         return ModelSpec("factory", Path(__file__).parent / "text_encoder.py", "text_encoder",
                          Path(weights) if weights else TEXT_DEFAULT_DIR / "teacher.pt")
@@ -238,7 +249,9 @@ def build(spec: ModelSpec) -> nn.Module:
         raise UserError(f"{spec.path.name} is not a torch model", "prune and distill need FILE.py:FACTORY or .pt2")
     fn = _import_factory(spec)
     try:
-        model = fn()
+        model = fn(**(spec.kwargs or {}))
+    except UserError:
+        raise
     except SystemExit as e:
         raise UserError(f"factory {spec.factory}() called sys.exit({e.code!r})",
                         "return an nn.Module instead of exiting") from None
@@ -317,7 +330,7 @@ def load_model(spec: ModelSpec, path: Path) -> nn.Module:
     if spec.kind == "pt2":
         return load_pt2(path.with_suffix(".pt2"), spec.trusted)
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    fresh = build(ModelSpec(spec.kind, spec.path, spec.factory, None, spec.trusted))
+    fresh = build(ModelSpec(spec.kind, spec.path, spec.factory, None, spec.trusted, spec.kwargs))
     return rebuild(fresh, saved)
 
 

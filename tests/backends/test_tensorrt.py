@@ -143,7 +143,7 @@ def trained(fmnist, tmp_path_factory, train_briefly) -> dict:
     ort_backend.export_onnx(model, torch.from_numpy(x[:1]), d / "fp32.onnx")
     calib = np.asarray(fmnist.normalize(fmnist.x_train[-256:]))
     meta = trt_backend.quantize_int8(d / "fp32.onnx", calib, d / "qdq.onnx")
-    return {"dir": d, "onnx": d / "fp32.onnx", "qdq": d / "qdq.onnx", "meta": meta, "x": x,
+    return {"dir": d, "onnx": d / "fp32.onnx", "qdq": d / "qdq.onnx", "meta": meta, "x": x, "model": model,
             "y": fmnist.y_test[:256], "calib": calib}
 
 
@@ -339,3 +339,21 @@ def test_max_batch_gives_a_dynamic_batch_qdq_and_a_batch_profile(run_cli, small_
     assert json.loads((out / "compile-gpu" / "build_engine.json").read_text())["min_opt_max_batch"] == [1, 32, 32]
     x = np.zeros((5, 1, 28, 28), np.float32)
     assert ort_backend.Runner(qdq, threads=1).run(x).shape == (5, 10)
+
+
+def test_fp16_graph_with_underflowing_scales_is_kept_fp32(trained, tmp_path):
+    """The same function with conv 2 scaled by 1e-6 and the linear by 1e6 (ReLU and max-pool commute with
+    a positive scale): its per-channel weight scales (~1e-9) would flush to zero in fp16, so the graph is
+    kept fp32 and says why, and its INT8 numerics still agree with the float model."""
+    import copy
+    model = copy.deepcopy(trained["model"]).eval()
+    with torch.no_grad():
+        model[3].weight.mul_(1e-6)
+        model[3].bias.mul_(1e-6)
+        model[7].weight.mul_(1e6)
+    x1 = torch.from_numpy(trained["x"][:1])
+    ort_backend.export_onnx(model, x1, tmp_path / "scaled.onnx")
+    meta = trt_backend.quantize_int8(tmp_path / "scaled.onnx", trained["calib"], tmp_path / "scaled.qdq.onnx")
+    assert meta["high_precision_dtype"] == "fp32" and "below fp16's normal range" in meta["fp16_note"]
+    agreement, drop = agreement_and_drop({**trained, "onnx": tmp_path / "scaled.onnx"}, tmp_path / "scaled.qdq.onnx")
+    assert agreement >= 0.96 and drop <= 0.02, (agreement, drop)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from pipeline.backends.onnxruntime import (check_calibration, check_node_names, cpu_session, input_dtypes, io_shapes,
                                            load_onnx, ort_module, qdq_summary)
@@ -52,6 +53,32 @@ def _run_modelopt(onnx_in: Path, calib: dict[str, np.ndarray], onnx_out: Path, m
                               capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"modelopt INT8 quantization failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+FP16_MIN_NORMAL = 2.0 ** -14       # 6.1e-5: below it fp16 is subnormal (fewer bits); below 2**-24 it is 0
+
+
+def fp16_scale_underflow(model) -> str | None:
+    """Why the fp16 graph's Q/DQ scales cannot be trusted, or None: modelopt's fp16 "high precision"
+    graph stores the scales in fp16, and a real network's per-channel weight scales can fall below
+    fp16's normal range (an ImageNet EfficientNet-Lite0 had scales flushed to 5.96e-8, and its INT8
+    QDQ agreed with the teacher on 0% of images). Checked on every Q/DQ node's scale initializer."""
+    inits = {i.name: i for i in model.graph.initializer}
+    bad, smallest = 0, None
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1 and n.input[1] in inits:
+            t = inits[n.input[1]]
+            if t.data_type != onnx.TensorProto.FLOAT16:
+                continue
+            v = np.abs(numpy_helper.to_array(t).astype(np.float32))
+            low = v < FP16_MIN_NORMAL
+            if low.any():
+                bad += int(low.sum())
+                smallest = float(v.min()) if smallest is None else min(smallest, float(v.min()))
+    if not bad:
+        return None
+    return (f"stores {bad} Q/DQ scale(s) below fp16's normal range {FP16_MIN_NORMAL:.3g} (smallest {smallest:.3g}): "
+            "they lose precision or flush to zero")
 
 
 def quantize_int8(onnx_in: Path, calib, onnx_out: Path, method: str = "entropy",
@@ -96,13 +123,16 @@ def quantize_int8(onnx_in: Path, calib, onnx_out: Path, method: str = "entropy",
     precision = "fp16" if fp16_fallback else "fp32"
     fp16_note = "fp16 graph runs in ONNX Runtime CPU" if fp16_fallback else "fp32 requested"
     _run_modelopt(*args, precision)
+    tiny = fp16_scale_underflow(onnx.load(str(onnx_out))) if precision == "fp16" else None
     try:
+        if tiny:       # an fp16 Q/DQ scale below fp16's normal range loses its precision or flushes to zero
+            raise ValueError(tiny)
         cpu_session(str(onnx_out)).run(None, first)
     except Exception as e:  # noqa: BLE001 -- any ORT failure on the fp16 graph triggers the fp32 fallback
         if precision == "fp32":
             raise
-        fp16_note = (f"fp16 graph failed in ONNX Runtime CPU ({e.__class__.__name__}); kept fp32 in the ONNX, "
-                     "TensorRT picks fp16 kernels through the FP16 builder flag")
+        fp16_note = (f"fp16 graph {tiny}" if tiny else f"fp16 graph failed in ONNX Runtime CPU ({e.__class__.__name__})") + \
+            "; kept fp32 in the ONNX, TensorRT picks fp16 kernels through the FP16 builder flag"
         precision = "fp32"
         _run_modelopt(*args, precision)
         cpu_session(str(onnx_out)).run(None, first)
