@@ -105,6 +105,17 @@ class SshServer:
             os.kill(pid, signal.SIGKILL)
         return len(pids)
 
+    @staticmethod
+    def survivors(text: str, grace_s: float = 10.0) -> list[str]:
+        """Command lines holding `text` still running after up to grace_s (a remote run left behind)."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+            left = [line for line in out if text in line and "ps -eo" not in line]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.25)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()

@@ -97,6 +97,8 @@ def test_full_disk(ssh_device, device_py, run_copy, tmp_path):
 def test_timeout(ssh_device, device_py, run_copy):
     line = one_line(bench(ssh_device, run_copy, device_py, "--runs", "100000000", "--remote-timeout", "8"))
     assert "edge-test" in line and "did not finish within 8 s" in line
+    # the bench on the device stops with its session: nothing is left timing there
+    assert ssh_device.survivors(f"{device_py} run_on_device.py") == []
 
 
 def test_dropped_connection(ssh_device, device_py, run_copy):
@@ -113,7 +115,8 @@ def test_dropped_connection(ssh_device, device_py, run_copy):
     finally:
         p.kill()
     line = one_line(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-    assert "edge-test" in line and ("dropped" in line or "bench failed" in line)
+    assert "edge-test" in line and "dropped" in line
+    assert ssh_device.survivors(f"{device_py} run_on_device.py") == []
 
 
 def test_latency_budget_pruning_on_the_device(ssh_device, device_py, tmp_path, monkeypatch):

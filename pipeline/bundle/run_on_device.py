@@ -12,12 +12,14 @@ hashing.py and preprocess.py.
 `bench` does what `verify` does, then measures the task's metric on the labelled evaluation slice
 (eval.npz, raw stored inputs preprocessed with preprocess.py on the device) and the latency of one
 inference, and writes a device report (the schema `python -m pipeline report --device-report` merges).
-Exit code: 0 passed, 1 a check failed, 2 usage or run error, 3 the runtime is not installed.
+Exit code: 0 passed, 1 a check failed, 2 usage or run error, 3 the runtime is not installed, 4 the
+process that started it (an SSH session) went away, so it stopped rather than run on unattended.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,6 +46,38 @@ INSTALL = {"onnxruntime": "pip install onnxruntime", "tflite": "pip install ai-e
 
 class RuntimeMissing(Exception):
     pass
+
+
+class ParentWatch:
+    """Ends the run when the process that started it is gone: a bench started over SSH whose connection
+    dropped or timed out must not keep timing on the device (its sshd session, the parent, exits)."""
+
+    def __init__(self):
+        self.parent, self.next = os.getppid(), time.monotonic() + 0.5
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now >= self.next:
+            self.next = now + 0.5
+            if os.getppid() != self.parent:
+                print("error: the session that started this run is gone (dropped connection?): stopped",
+                      file=sys.stderr)
+                os._exit(4)
+
+
+def timed(run_raw, prepared, warmup: int, runs: int) -> list[float]:
+    """Wall time in ms of `runs` calls of run_raw(prepared) after `warmup` untimed ones."""
+    watch = ParentWatch()
+    for _ in range(warmup):
+        run_raw(prepared)
+        watch()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        run_raw(prepared)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+        watch()
+    return times
 
 
 def _version(*packages: str) -> str | None:
@@ -239,13 +273,7 @@ def time_onnx(path: Path, threads: int, warmup: int, runs: int) -> int:
         return MISSING_RUNTIME
     feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape],
                              np.int64 if "int64" in i.type else np.float32) for i in model.inputs}
-    for _ in range(warmup):
-        model.run_raw(feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        model.run_raw(feed)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
+    times = timed(model.run_raw, feed, warmup, runs)
     print(json.dumps({**device_latency(times, warmup, 1, "ONNX Runtime FP32 on this device's CPU"),
                       "threads": threads, "isa": cpu_isa()}))
     return 0
@@ -302,13 +330,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{e['host_value']} on the build host")
     batch = getattr(model, "batch", None) or 1            # a fixed batch is timed whole, else one sample
     prepared = model.prepare([a[:batch] for a in ordered(manifest, x)])
-    for _ in range(a.warmup):
-        model.run_raw(prepared)
-    times = []
-    for _ in range(a.runs):
-        t0 = time.perf_counter_ns()
-        model.run_raw(prepared)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
+    times = timed(model.run_raw, prepared, a.warmup, a.runs)
     what = f"wall time of one {backend} inference on this device's CPU ({threads} threads), input prepared beforehand"
     report["latency_ms"] = device_latency(times, a.warmup, batch, what)
     Path(a.out).write_text(json.dumps(report, indent=2))
