@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="default <data>-<size>")
     c.add_argument("--out-dir", default=None, help="default calibration/")
 
-    g = sub.add_parser("gate", help="compare a report with a baseline; exit 1 on a regression (see pipeline/report/gate.py)")
+    g = sub.add_parser("gate", help="compare a report with a baseline; exit 1 on a regression, 3 when no latency was compared (see pipeline/report/gate.py)")
     g.add_argument("report", help="the candidate report.json")
     g.add_argument("--baseline", required=True, help="baseline report, e.g. reports/baselines/<target>.json")
     g.add_argument("--target", help="target name or .toml whose budgets apply (default: the report's only target)")
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interleaved-runs", type=int, default=None, metavar="N",
                    help="rounds of interleaved baseline/candidate timing (default 60; 0: compare stored figures)")
     g.add_argument("--threads", type=int, help="inference threads for interleaved timing (default 1)")
+    g.add_argument("--allow-no-latency", action="store_true",
+                   help="exit 0 even when the deliverable's latency was not compared (default: exit 3, not a pass)")
     g.add_argument("--junit", help="write JUnit XML here (one testcase per check)")
     g.add_argument("--markdown", help="write a Markdown summary here")
     g.add_argument("--update-baseline", action="store_true",
@@ -156,7 +158,8 @@ def cmd_gate(a) -> int:
                        max_latency_regression_pct=a.max_latency_regression_pct, max_size_mb=a.max_size_mb,
                        baseline_run=Path(a.baseline_run) if a.baseline_run else None,
                        rounds=gate.DEFAULT_ROUNDS if a.interleaved_runs is None else a.interleaved_runs,
-                       threads=a.threads, progress=gate_output.progress_to_stderr)
+                       threads=a.threads, allow_no_latency=a.allow_no_latency,
+                       progress=gate_output.progress_to_stderr)
     print(gate_output.text(result))
     gate_output.write_outputs(result, Path(a.junit) if a.junit else None, Path(a.markdown) if a.markdown else None)
     return result.exit_code

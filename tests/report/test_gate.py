@@ -237,7 +237,11 @@ def test_other_host_skips_stored_latency(pair):
     edit(cand, lambda r: _stored(r, 5.0, 0.01))  # 10x slower, but measured on another CPU
     res = gate.gate(cand, base, rounds=0)
     lat = next(c for c in res.checks if c.artifact == INT8 and c.kind == "latency")
-    assert res.exit_code == 0 and lat.status == "skip" and "different hosts" in lat.message
+    # Nothing timed is not a pass: exit 3 unless allowed, and then still said.
+    assert res.exit_code == 3 and res.outcome == "no latency compared"
+    assert lat.status == "skip" and "different hosts" in lat.message
+    allowed = gate.gate(cand, base, rounds=0, allow_no_latency=True)
+    assert allowed.exit_code == 0 and allowed.outcome == "pass (latency not compared)"
 
 
 def test_device_figures_are_compared_as_stored(pair):
