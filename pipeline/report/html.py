@@ -3,9 +3,12 @@
 Nothing is fetched when the page opens: the CSS is inline and the plots are SVG drawn here, in Python.
 The page holds, in this order:
 
+- one verdict line per target (which budgets the deliverable fits or misses, what is not measured yet);
 - one card per target: deliverable, engine status and each budget (met / missed / not measured here);
-- accuracy vs host p50 latency, one labelled point for every artifact that has both figures; the
-  artifacts without them (e.g. a TensorRT engine "to be built on device") are named under the plot;
+- a Pareto view of accuracy vs host p50 latency (frontier, accuracy budgets, a zoom where points overlap)
+  of every artifact measured natively here; host proxies (a TensorRT target's QDQ ONNX in ONNX Runtime:
+  a numerics check, not a latency) and artifacts without figures are named under the plot, never drawn,
+  and no table shows a host proxy's time as a latency;
 - a size waterfall: teacher -> pruned -> distilled -> each target's INT8 artifact, every step drawn
   against the step it came from;
 - per target, the stage attribution table teacher -> pruned -> distilled -> INT8 -> engine: what each
@@ -19,7 +22,9 @@ from pipeline.report.htmlkit import (NOT_MEASURED, SHARED_COLOR, SHARED_STAGES, 
                                      _color_of, _deliverables, _e, _engine_of, _int8_of, _numcell, _pct_change,
                                      _shared, _table, _unit)
 from pipeline.report.plots import _scatter, _waterfall
-from pipeline.report.render import MetricView
+from pipeline.report.render import MetricView, host_line, host_proxy, shown_latency, verdict
+
+PROXY = "host proxy: not a latency"
 
 CSS = """
 :root { --ink:#1d2430; --muted:#5b6472; --line:#d9dee5; --bg:#f6f7f9; --ok:#1a7f37; --bad:#c62828; --na:#6b7280; }
@@ -42,12 +47,17 @@ figure { margin:8px 0 0; background:#fff; border:1px solid var(--line); border-r
 figure svg { display:block; width:100%; height:auto; }
 figcaption { font-size:13px; margin-top:6px; }
 .scroll { overflow-x:auto; }
+.verdict { margin:12px 0 4px; padding:10px 14px; border-radius:8px; border:1px solid var(--line); background:#fff;
+           font-weight:600; }
+.verdict.ok { border-left:6px solid var(--ok); } .verdict.bad { border-left:6px solid var(--bad); }
+.verdict.open { border-left:6px solid var(--na); }
 table { border-collapse:collapse; width:100%; background:#fff; font-size:13px; margin-top:6px; }
 th, td { border:1px solid var(--line); padding:4px 7px; text-align:left; vertical-align:top; }
 th { background:#eef1f5; font-weight:600; }
-td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
+td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+td.num { white-space:nowrap; } td.num .up, td.num .down { display:block; }
 td.na { color:var(--na); font-style:italic; white-space:normal; }
-td:first-child { min-width:180px; }
+td:first-child { min-width:120px; overflow-wrap:anywhere; }
 .up { color:var(--bad); } .down { color:var(--ok); }
 .note { font-size:13px; color:var(--muted); margin:6px 0 0; }
 footer { margin-top:36px; font-size:12px; color:var(--muted); }
@@ -56,14 +66,17 @@ footer { margin-top:36px; font-size:12px; color:var(--muted); }
 
 
 # ---------------------------------------------------------------- tables
-def _latency_cell(a: dict, prev: dict | None) -> str:
-    """p50 with its change vs the row above when both are host figures; device figures are marked."""
+def _latency_cell(report: dict, a: dict, prev: dict | None) -> str:
+    """p50 with its change vs the row above when both are host figures; device figures are marked; a host
+    proxy's time is not a latency and is not shown as one."""
+    if host_proxy(report, a):
+        return _cell(PROXY, "num na")
     lat = a.get("latency_p50_ms")
     if lat is None:
         return _numcell(None, ".3f")
     if a.get("latency_where") == "device":
         return _cell(f"{lat:.3f} (device)", "num")
-    before = prev.get("latency_p50_ms") if prev and prev.get("latency_where") != "device" else None
+    before = shown_latency(report, prev) if prev and prev.get("latency_where") != "device" else None
     return _cell(f"{lat:.3f}{_change(_pct_change(lat, before))}", "num")
 
 
@@ -90,7 +103,7 @@ def _attribution(report: dict, t: dict) -> str:
             + _numcell(mv.v(acc), mv.fmt, suffix=mv.suffix)
             + _numcell(d_prev, mv.delta_fmt, na="n/a" if acc is not None else NOT_MEASURED, suffix=mv.delta_suffix)
             + _numcell(d_teacher, mv.delta_fmt, na="n/a" if acc is not None else NOT_MEASURED, suffix=mv.delta_suffix)
-            + _latency_cell(a, prev)
+            + _latency_cell(report, a, prev)
             + (_cell(_e(_bytes(size, "built on device")), "num na") if size is None else
                _cell(f"{_e(_bytes(size))}{_change(_pct_change(size, prev.get('size_bytes') if prev else None))}", "num"))
             + _numcell(a.get("params"), ",d", na="n/a")
@@ -98,7 +111,7 @@ def _attribution(report: dict, t: dict) -> str:
             + "</tr>")
         prev = a
     head = [("step", False), (mv.name, True), ("Δ vs previous", True), ("Δ vs teacher", True),
-            ("p50 ms, host unless marked (Δ vs previous)", True), ("size (Δ vs previous)", True), ("params", True), ("MMACs", True)]
+            ("host p50 ms (Δ)", True), ("size (Δ)", True), ("params", True), ("MMACs", True)]
     return (f"<h3>{_e(t['name'])} ({_e(t.get('device', ''))}, {_e(t['backend'])}, {_e(t.get('precision', ''))})</h3>"
             + _table(head, rows))
 
@@ -115,16 +128,17 @@ def _artifacts_table(report: dict) -> str:
             + _numcell(mv.v(a["accuracy"]), mv.fmt, suffix=mv.suffix)
             + _numcell(mv.v(a.get("accuracy_delta")), mv.delta_fmt,
                        na="n/a" if a["accuracy"] is not None else NOT_MEASURED, suffix=mv.delta_suffix)
-            + _numcell(a["latency_p50_ms"], ".3f", suffix="" if where in (None, "host") else f" ({_e(where)})")
-            + (_cell(f"{ci[0]:.3f} - {ci[1]:.3f}", "num") if ci else _cell(NOT_MEASURED, "num na"))
-            + _numcell(a.get("latency_p90_ms"), ".3f")
+            + (_cell(PROXY, "num na") + _cell("", "num na") if host_proxy(report, a) else
+               _numcell(a["latency_p50_ms"], ".3f", suffix="" if where in (None, "host") else f" ({_e(where)})")
+               + (_cell(f"{ci[0]:.3f} - {ci[1]:.3f}<br/>p90 {a['latency_p90_ms']:.3f}", "num")
+                  if ci and a.get("latency_p90_ms") is not None else _cell(NOT_MEASURED, "num na")))
             + (_cell(_e(_bytes(a["size_bytes"])), "num") if a["size_bytes"] is not None
                else _cell("built on device", "num na"))
             + _numcell(a.get("params"), ",d", na="n/a")
             + _numcell(None if a.get("macs") is None else a["macs"] / 1e6, ".2f", na="n/a")
             + "</tr>")
     head = [("artifact", False), ("target", False), ("engine, precision", False), (mv.name, True),
-            ("Δ vs teacher", True), ("host p50 ms", True), ("p50 95% CI ms", True), ("p90 ms", True),
+            ("Δ vs teacher", True), ("p50 ms", True), ("p50 95% CI, p90 ms", True),
             ("size", True), ("params", True), ("MMACs", True)]
     return _table(head, rows)
 
@@ -134,19 +148,19 @@ def _badge(ok: bool | None) -> str:
             None: f'<span class="badge na">{NOT_MEASURED}</span>'}[ok]
 
 
-def _target_card(t: dict, mv: MetricView) -> str:
+def _target_card(report: dict, t: dict, mv: MetricView) -> str:
     m, b, ok = t["measured"], t["budgets"], t["budgets_met"]
     drop = m.get("accuracy_drop")
     items = [
         f"<li>deliverable: <b>{_e(t.get('deliverable') or 'none')}</b>; engine: {_e(t.get('engine', ''))}</li>",
-        f"<li>{_e(mv.name)} {'drop' if (drop or 0) >= 0 else 'gain (a negative drop)'} "
+        f"<li>{_e(mv.name)} {'drop' if (drop or 0) >= 0 else 'gain (a negative drop: better than the teacher)'} "
         f"{_unit(mv.v(None if drop is None else abs(drop)), mv.fmt, mv.delta_suffix.strip())} (budget: at most "
         f"{mv.v(b['max_accuracy_drop']):{mv.fmt}}{mv.delta_suffix} worse; {mv.direction}) {_badge(ok.get('accuracy'))}</li>",
         f"<li>size {_unit(m.get('size_mb'), '.3f', 'MB')} (budget {_unit(b.get('max_size_mb'), '.2f', 'MB', 'none')}) "
         f"{_badge(ok.get('size'))}</li>",
         f"<li>device p50 {_unit(m.get('latency_p50_ms'), '.3f', 'ms')} (budget "
-        f"{_unit(b.get('latency_ms'), '.2f', 'ms', 'none')}) {_badge(ok.get('latency'))}; host p50 "
-        f"{_unit(m.get('host_latency_p50_ms'), '.3f', 'ms')}</li>",
+        f"{_unit(b.get('latency_ms'), '.2f', 'ms', 'none')}) {_badge(ok.get('latency'))}; "
+        f"{_e(host_line(report, t))}</li>",
     ]
     if t.get("roofline_bound_ms") is not None:
         items.append(f"<li>roofline lower bound {t['roofline_bound_ms']:.4f} ms (a bound, not a measurement)</li>")
@@ -164,6 +178,16 @@ def _stages_table(report: dict) -> str:
     rows = [f"<tr>{_cell(_e(n))}{_cell(_e(s))}{_numcell(wall.get(n), '.1f', na='')}</tr>"
             for n, s in report["stages"].items()]
     return _table([("stage", False), ("status", False), ("wall s", True)], rows)
+
+
+def _verdicts(report: dict) -> str:
+    """The top of the page: one line per target, the whole story at a glance."""
+    lines = []
+    for t in report["targets"]:
+        ok = t["budgets_met"]
+        cls = "bad" if False in ok.values() else ("ok" if ok.get("latency") is True else "open")
+        lines.append(f'<p class="verdict {cls}">{_e(verdict(report, t))}</p>')
+    return f'<section id="verdict">{"".join(lines)}</section>'
 
 
 # ---------------------------------------------------------------- page
@@ -184,12 +208,14 @@ def html(report: dict) -> str:
         f"{_e(report.get('tool_version', '?'))} on {_e(host.get('cpu', 'unknown CPU'))} ({_e(host.get('cores', '?'))} "
         f"cores). Latency is measured on this host unless marked otherwise; \"{NOT_MEASURED}\" means it cannot "
         f"be measured on this host.</p></header>",
+        _verdicts(report),
         '<section id="targets"><h2>Targets and budgets</h2><div class="cards">'
-        + "".join(_target_card(t, MetricView(report)) for t in report["targets"]) + "</div></section>",
-        f'<section id="tradeoff"><h2>Accuracy vs host latency</h2>{_scatter(report, colors)}</section>',
+        + "".join(_target_card(report, t, MetricView(report)) for t in report["targets"]) + "</div></section>",
+        f'<section id="tradeoff"><h2>Accuracy vs host latency (Pareto view)</h2>{_scatter(report, colors)}</section>',
         f'<section id="sizes"><h2>Size at each step</h2>{_waterfall(report, colors)}</section>',
         '<section id="attribution"><h2>What each step did</h2><p class="note">Teacher -&gt; pruned -&gt; '
-        "distilled -&gt; INT8 -&gt; engine. Changes are against the row above; latency is host p50, batch 1.</p>"
+        "distilled -&gt; INT8 -&gt; engine. Changes are against the row above; latency is host p50, batch 1 "
+        "(device figures marked); a host proxy's time is not a latency and is not shown.</p>"
         + "".join(_attribution(report, t) for t in report["targets"]) + "</section>",
         f'<section id="artifacts"><h2>All artifacts</h2>{_artifacts_table(report)}</section>',
         f'<section id="stages"><h2>Stages</h2>{_stages_table(report)}'
