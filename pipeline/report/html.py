@@ -60,6 +60,12 @@ td.na { color:var(--na); font-style:italic; white-space:normal; }
 td:first-child { min-width:120px; overflow-wrap:anywhere; }
 .up { color:var(--bad); } .down { color:var(--ok); }
 .note { font-size:13px; color:var(--muted); margin:6px 0 0; }
+@media (max-width: 1000px) {
+  main { padding:16px 10px 32px; }
+  table { font-size:12px; } th, td { padding:3px 4px; }
+  td:first-child { min-width:90px; }
+  td.num { white-space:normal; }
+}
 footer { margin-top:36px; font-size:12px; color:var(--muted); }
 """
 
