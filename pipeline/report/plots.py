@@ -28,13 +28,14 @@ def budget_lines(report: dict, colors: dict[str | None, str]) -> list[tuple[floa
     mv, teacher = MetricView(report), report.get("teacher_accuracy")
     if teacher is None:
         return []
-    out = []
+    by_value: dict[float, list[str]] = {}   # targets with the same budget share one line
     for t in report.get("targets", []):
         drop = t.get("budgets", {}).get("max_accuracy_drop")
         if drop is not None:
-            v = teacher - drop if mv.higher else teacher + drop
-            out.append((v * mv.scale, f"{t['name']} accuracy budget", colors.get(t["name"], SHARED_COLOR)))
-    return out
+            v = round((teacher - drop if mv.higher else teacher + drop) * mv.scale, 9)
+            by_value.setdefault(v, []).append(t["name"])
+    return [(v, f"{', '.join(names)} accuracy budget", colors.get(names[0], SHARED_COLOR) if len(names) == 1
+             else SHARED_COLOR) for v, names in by_value.items()]
 
 
 def _overlapping(pts: list[_Point], sx, sy) -> list[_Point]:
@@ -74,8 +75,9 @@ def _svg(svg_id: str, title: str, pts: list[_Point], xr: tuple[float, float], yr
         d = [f"M{sx(frontier[0].x):.1f},{sy(frontier[0].y):.1f}"]
         for a, b in zip(frontier, frontier[1:]):
             d.append(f"H{sx(b.x):.1f}V{sy(b.y):.1f}")
-        out.append(f'<path class="frontier" d="{"".join(d)}" fill="none" stroke="#1d2430" stroke-opacity="0.45" '
-                   f'stroke-width="1.5"/>')
+        out.append(f'<clipPath id="{svg_id}-clip"><rect x="{ML}" y="{MT}" width="{W - ML - MR}" '
+                   f'height="{H - MT - MB}"/></clipPath><path class="frontier" d="{"".join(d)}" fill="none" '
+                   f'stroke="#1d2430" stroke-opacity="0.45" stroke-width="1.5" clip-path="url(#{svg_id}-clip)"/>')
     out.append(f'<text x="{(ML + W - MR) / 2}" y="{H - 12}" text-anchor="middle" fill="#1d2430">'
                f"host p50 latency (ms, batch 1) - lower is better</text>"
                f'<text transform="translate(16 {(MT + H - MB) / 2}) rotate(-90)" text-anchor="middle" '
