@@ -59,6 +59,12 @@ def _stage_label(stage: str) -> str:
     return f"stage {pos[0]}/{pos[1]} {stage}" if pos else stage
 
 
+def _position(stage: str) -> str:
+    """'stage 3/8, ' for a stage of the current run, else ''."""
+    pos = STAGE_POSITION.get(stage)
+    return f"stage {pos[0]}/{pos[1]}, " if pos else ""
+
+
 def live_bars() -> bool:
     """Live bars only on a terminal (EDGE_COMPRESS_PLAIN=1 forces the plain lines)."""
     return sys.stderr.isatty() and os.environ.get("EDGE_COMPRESS_PLAIN", "") in ("", "0")
@@ -280,13 +286,14 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> dict:
     fp = stage.fingerprint(ctx)
     rec = None if force else cached_record(stage, ctx, fp)
     if rec is not None:
-        log.info("[%s] cached (fingerprint %s)", _stage_label(stage.name), fp[:12])
+        log.info("[%s] cached (%sfingerprint %s)", stage.name, _position(stage.name), fp[:12])
         ctx.statuses[stage.name] = "cached"
         return rec
     tmp = ctx.run_dir / f".{stage.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    log.info("[%s] running", _stage_label(stage.name))
+    pos = _position(stage.name).rstrip(", ")
+    log.info("[%s] running%s", stage.name, f" ({pos})" if pos else "")
     t0 = time.monotonic()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
