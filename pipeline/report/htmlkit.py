@@ -1,6 +1,6 @@
 """The pieces report.html is drawn with (pipeline/report/html.py, plots.py): escaping and number
 formatting, table cells, tick choice, label placement, and the artifact lookups (teacher, pruned,
-distilled, a target's INT8 artifact and engine, host proxies)."""
+distilled, a target's INT8 artifact and engine; host proxies: pipeline/report/render.py)."""
 from __future__ import annotations
 
 import math
