@@ -1,8 +1,9 @@
-"""`python -m pipeline`: run, targets, calibrate, gate, verify, report, bench."""
+"""`python -m pipeline`: run, targets, calibrate, config, gate, verify, report, bench."""
 from __future__ import annotations
 
 import argparse
 import errno
+import json
 import sys
 from pathlib import Path
 
@@ -66,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="default <data>-<size>")
     c.add_argument("--out-dir", default=None, help="default calibration/")
 
-    g = sub.add_parser("gate", help="compare a report with a baseline; exit 1 on a regression (see pipeline/report/gate.py)")
+    cf = sub.add_parser("config", help="show every run setting with its default and help (show) or its JSON schema")
+    cf.add_argument("action", choices=["show", "schema"], help="show: a table; schema: the JSON schema of the config")
+    cf.add_argument("--json", action="store_true", help="show: one JSON object per setting instead of a table")
+
+    g = sub.add_parser("gate", help="compare a report with a baseline; exit 1 on a regression, 3 when no latency was compared (see pipeline/report/gate.py)")
     g.add_argument("report", help="the candidate report.json")
     g.add_argument("--baseline", required=True, help="baseline report, e.g. reports/baselines/<target>.json")
     g.add_argument("--target", help="target name or .toml whose budgets apply (default: the report's only target)")
@@ -79,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="inference threads for interleaved timing (default 1)")
     g.add_argument("--device", action="store_true", help="compare the figures measured on the device (merged device "
                    "reports: accuracy on the bundle's eval slice, device latency) instead of the host's")
+    g.add_argument("--allow-no-latency", action="store_true",
+                   help="exit 0 even when the deliverable's latency was not compared (default: exit 3, not a pass)")
     g.add_argument("--junit", help="write JUnit XML here (one testcase per check)")
     g.add_argument("--markdown", help="write a Markdown summary here")
     g.add_argument("--update-baseline", action="store_true",
@@ -152,8 +159,31 @@ def cmd_calibrate(a) -> int:
     from pipeline.data import resolve_data
     ds = resolve_data(a.data)
     kwargs = {"out_dir": Path(a.out_dir)} if a.out_dir else {}
-    man = calibration.build(ds, a.size, a.seed, a.name, **kwargs)
-    print(f"wrote {man} and {man.with_suffix('.npy').name} ({a.size} samples of {ds.name}, seed {a.seed})")
+    man, written = calibration.build_set(ds, a.size, a.seed, a.name, **kwargs)
+    data = json.loads(man.read_text())["file"]
+    if not written:
+        print(f"{man} and {data} are up to date ({a.size} samples of {ds.name}, seed {a.seed}): nothing rewritten")
+    else:
+        print(f"wrote {man} and {data} ({a.size} samples of {ds.name}, seed {a.seed})")
+    return 0
+
+
+def cmd_config(a) -> int:
+    from pipeline.config import RunConfig, settings
+    if a.action == "schema":
+        print(json.dumps(RunConfig.model_json_schema(), indent=2))
+        return 0
+    rows = settings()
+    if a.json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return 0
+    width = max(len(r["key"]) for r in rows)
+    print(f"{'setting':{width}}  {'default':16}  help (--set KEY=VALUE, or [section] key = value in --config FILE.toml)")
+    for r in rows:
+        default = json.dumps(r["default"], default=str)
+        limits = f" [{r['limits']}]" if r["limits"] else ""
+        print(f"{r['key']:{width}}  {default:16}  {r['help'] or r['type']}{limits}")
     return 0
 
 
@@ -167,7 +197,8 @@ def cmd_gate(a) -> int:
                        max_latency_regression_pct=a.max_latency_regression_pct, max_size_mb=a.max_size_mb,
                        baseline_run=Path(a.baseline_run) if a.baseline_run else None,
                        rounds=gate.DEFAULT_ROUNDS if a.interleaved_runs is None else a.interleaved_runs,
-                       threads=a.threads, device=a.device, progress=gate_output.progress_to_stderr)
+                       threads=a.threads, device=a.device, allow_no_latency=a.allow_no_latency,
+                       progress=gate_output.progress_to_stderr)
     print(gate_output.text(result))
     gate_output.write_outputs(result, Path(a.junit) if a.junit else None, Path(a.markdown) if a.markdown else None)
     return result.exit_code
@@ -202,7 +233,7 @@ def cmd_report(a) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "targets": cmd_targets, "calibrate": cmd_calibrate, "gate": cmd_gate,
+COMMANDS = {"run": cmd_run, "targets": cmd_targets, "calibrate": cmd_calibrate, "config": cmd_config, "gate": cmd_gate,
             "verify": cmd_verify, "bench": cmd_bench, "report": cmd_report}
 
 

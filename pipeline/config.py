@@ -187,14 +187,16 @@ def load_targets(spec: str) -> list[Target]:
 
 # ---------------------------------------------------------------- run config
 class LoadConfig(Strict):
-    latency_runs: int = Field(100, ge=5)
+    latency_runs: int = Field(100, ge=5, description="timed runs of the teacher (host p50)")
 
 
 class PruneConfig(Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: ship the loaded model unpruned")
     macs_reduction: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of MACs to remove")
-    criterion: Literal["l1", "l2", "bn_scale", "taylor", "lamp"] = "l2"
-    global_pruning: bool = True
+    criterion: Literal["l1", "l2", "bn_scale", "taylor", "lamp"] = Field(
+        "l2", description="channel importance: weight l1/l2 norm, BatchNorm scale, Taylor (gradient) or LAMP")
+    global_pruning: bool = Field(True, description="rank channels across layers (capped by max_layer_ratio); "
+                                 "false: the same ratio in every group")
     ignore: list[str] = Field(default_factory=list, description="module names never pruned")
     round_to: Optional[int] = Field(None, ge=1, description="default: the target's round_to")
     tolerance: float = Field(0.02, gt=0, lt=0.5, description="allowed miss of the MACs/params goal (fraction of the unpruned)")
@@ -215,17 +217,19 @@ class PruneConfig(Strict):
 
 
 class DistillConfig(Strict):
-    enabled: bool = True
-    epochs: float = Field(3.0, gt=0)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.02, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: float = Field(0.2, ge=0)
-    temperature: float = Field(4.0, gt=0)
+    enabled: bool = Field(True, description="false: ship the pruned model untrained")
+    epochs: float = Field(3.0, gt=0, description="passes over the training set (fractions allowed); most of the "
+                          "default run's time")
+    batch_size: int = Field(128, ge=1, description="global batch (split across torchrun ranks)")
+    lr: float = Field(0.02, gt=0, description="peak SGD (Nesterov) learning rate, cosine schedule")
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay")
+    warmup_epochs: float = Field(0.2, ge=0, description="linear learning-rate warm-up")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature of the soft targets")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft-target KL term")
-    val_fraction: float = Field(0.05, ge=0, lt=0.5)
+    val_fraction: float = Field(0.05, ge=0, lt=0.5, description="training samples held out to pick the best "
+                                "checkpoint")
     train_limit: Optional[int] = Field(None, ge=1, description="use only this many training samples")
-    patience: int = Field(3, ge=1)
+    patience: int = Field(3, ge=1, description="validations without improvement before stopping early")
     checkpoint_every: int = Field(100, ge=1, description="steps between resume checkpoints", json_schema_extra=NOT_CACHED)
     feature_layers: list[str] = Field(default_factory=list, description=(
         "modules (shared by teacher and student) whose outputs are matched through learned adapters; "
@@ -240,8 +244,9 @@ class DistillConfig(Strict):
 
 class QuantizeConfig(Strict):
     calibration: str = Field("auto", description="a set under calibration/, or auto: <data>-512, built on first use")
-    method: Optional[Literal["minmax", "percentile", "entropy"]] = None  # default: the target's
-    percentile: float = Field(99.99, gt=90, le=100)
+    method: Optional[Literal["minmax", "percentile", "entropy"]] = Field(
+        None, description="activation calibration; default: the target's calibration_method")
+    percentile: float = Field(99.99, gt=90, le=100, description="clip activations at this percentile (method=percentile)")
     # Off by default: 13 extra quantize+evaluate runs for the default student cost ~2 min on a loaded 2-core
     # host and would push the default run past 10 min. Fallback still ranks layers when the budget is missed.
     sensitivity: bool = Field(False, description="rank layers by their INT8 error when only they stay float")
@@ -263,9 +268,9 @@ class QuantizeConfig(Strict):
 
 class EvaluateConfig(Strict):
     test_limit: Optional[int] = Field(None, ge=1, description="evaluate on the first N test samples")
-    warmup: int = Field(20, ge=0)
-    runs: int = Field(200, ge=5)
-    batch_size: int = Field(256, ge=1)
+    warmup: int = Field(20, ge=0, description="untimed runs before timing")
+    runs: int = Field(200, ge=5, description="timed batch-1 runs per artifact (p50/p90/p99)")
+    batch_size: int = Field(256, ge=1, description="batch for scoring the test set")
 
 
 class HandoffConfig(Strict):
@@ -275,21 +280,23 @@ class HandoffConfig(Strict):
 
 
 class RunConfig(Strict):
-    seed: int = 0
+    seed: int = Field(0, description="every random choice (calibration, training order, held-out samples)")
     task: str = Field("classification", description="classification | regression | text-classification | FILE.py:NAME "
                       "(a Task plug-in)")
-    model: str = "default"
-    weights: Optional[str] = None
-    data: str = Field("fashion-mnist", description="fashion-mnist | fine-foods (text) | FILE.npz | DIR")
+    model: str = Field("default", description="default | text-default | hf:DIR | FILE.py:FACTORY | MODEL.pt2 | "
+                       "MODEL.onnx (default: the task's bundled model)")
+    weights: Optional[str] = Field(None, description="a state_dict for FILE.py:FACTORY (loaded weights-only)")
+    data: str = Field("fashion-mnist", description="fashion-mnist | fine-foods (text) | FILE.npz | DIR "
+                      "(train/<class>/*.png, test/...)")
     input_shape: Optional[Union[list[int], dict[str, list[int]]]] = Field(
         None, description="per-input shapes with the batch axis, {name: [1, 3, 224, 224]} (a list names the first "
-        "input); must agree with the data")
+        "input); default: from the data, which it must agree with")
     dynamic: dict[str, list[int]] = Field(
         default_factory=dict, description="dynamic axes {batch|seq|NAME:AXIS: [lo, hi]}: ONNX symbolic dims, "
         "TensorRT profiles, one latency row per shape")
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
-    trust_model: bool = False
+    mean: Optional[list[float]] = Field(None, description="per-channel image mean; default: the data's")
+    std: Optional[list[float]] = Field(None, description="per-channel image std; default: the data's")
+    trust_model: bool = Field(False, description="run model / task code from outside this repository")
     load: LoadConfig = LoadConfig()
     prune: PruneConfig = PruneConfig()
     distill: DistillConfig = DistillConfig()
@@ -306,6 +313,28 @@ class RunConfig(Strict):
             if self.data == "fashion-mnist" and "data" not in self.model_fields_set:
                 self.data = "fine-foods"
         return self
+
+
+def settings() -> list[dict]:
+    """Every run setting, in the order of RunConfig: key (as --set takes it), type, default, help, and the
+    constraints pydantic checks (ge, lt, ...)."""
+    rows = []
+
+    def add(key: str, f) -> None:
+        ann = f.annotation
+        kind = getattr(ann, "__name__", None) if isinstance(ann, type) else str(ann).replace("typing.", "")
+        default = f.get_default(call_default_factory=True)
+        ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+        limits = ", ".join(f"{ops[k]} {getattr(m, k)}" for m in f.metadata for k in ops if hasattr(m, k))
+        rows.append({"key": key, "type": kind, "default": default, "help": f.description or "", "limits": limits})
+
+    for name, f in RunConfig.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            for k, g in f.annotation.model_fields.items():
+                add(f"{name}.{k}", g)
+        else:
+            add(name, f)
+    return rows
 
 
 def _parse_value(raw: str) -> Any:

@@ -48,15 +48,52 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+# Where the run loop is (stage k of n), for progress bars and stage lines; None outside a run.
+STAGE_POSITION: dict[str, tuple[int, int]] = {}
+
+
+def _stage_label(stage: str) -> str:
+    """'stage 3/8 distill' when `stage` (or the stage it belongs to: "distill: teacher outputs") is in the run."""
+    name = stage.split(":")[0].split(" ")[0]
+    pos = STAGE_POSITION.get(name)
+    return f"stage {pos[0]}/{pos[1]} {stage}" if pos else stage
+
+
+def _position(stage: str) -> str:
+    """'stage 3/8, ' for a stage of the current run, else ''."""
+    pos = STAGE_POSITION.get(stage)
+    return f"stage {pos[0]}/{pos[1]}, " if pos else ""
+
+
+def live_bars() -> bool:
+    """Live bars only on a terminal (EDGE_COMPRESS_PLAIN=1 forces the plain lines)."""
+    return sys.stderr.isatty() and os.environ.get("EDGE_COMPRESS_PLAIN", "") in ("", "0")
+
+
 class Progress:
-    """One line per step of long work: stage, step i/n, extra fields, ETA. Also goes to the log file."""
+    """Progress of long work. On a terminal: a live bar (tqdm) with the stage counter ("stage 3/8 distill"),
+    the step, the rate and the ETA; the timestamped line (stage, step i/n, extra fields, ETA) still goes to
+    the log file every `every_s`. Elsewhere (CI, pipes) only those lines, on stderr and in the log file."""
 
     def __init__(self, stage: str, total: int, unit: str = "step", every_s: float = 5.0):
         self.stage, self.total, self.unit, self.every_s = stage, max(1, total), unit, every_s
         self.t0 = time.monotonic()
         self.last = 0.0
+        self.bar = None
+        if live_bars():
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, desc=_stage_label(stage), unit=unit.split(" ")[-1], file=sys.stderr,
+                            leave=False, dynamic_ncols=True, mininterval=0.2)
 
     def update(self, done: int, force: bool = False, **fields: Any) -> None:
+        if self.bar is not None:
+            self.bar.n = done
+            if fields:
+                self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in fields.items()},
+                                     refresh=False)
+            self.bar.refresh()
+            if done >= self.total:
+                self.bar.close()
         now = time.monotonic()
         if not force and now - self.last < self.every_s and done < self.total:
             return
@@ -65,7 +102,23 @@ class Progress:
         eta = elapsed / done * (self.total - done) if done else float("nan")
         extra = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
         log.info("[%s] %s %d/%d %s elapsed %s ETA %s", self.stage, self.unit, done, self.total, extra,
-                 _fmt_s(elapsed), _fmt_s(eta))
+                 _fmt_s(elapsed), _fmt_s(eta), extra={"progress_line": self.bar is not None})
+
+
+class _TerminalHandler(logging.StreamHandler):
+    """stderr lines that do not tear a live bar (tqdm.write), without the step lines a bar already shows."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "progress_line", False):
+            return
+        if live_bars():
+            from tqdm import tqdm
+            try:
+                tqdm.write(self.format(record), file=sys.stderr)
+            except Exception:  # noqa: BLE001 -- logging must never raise
+                self.handleError(record)
+        else:
+            super().emit(record)
 
 
 def _fmt_s(s: float) -> str:
@@ -253,13 +306,14 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> dict:
     fp = stage.fingerprint(ctx)
     rec = None if force else cached_record(stage, ctx, fp)
     if rec is not None:
-        log.info("[%s] cached (fingerprint %s)", stage.name, fp[:12])
+        log.info("[%s] cached (%sfingerprint %s)", stage.name, _position(stage.name), fp[:12])
         ctx.statuses[stage.name] = "cached"
         return rec
     tmp = ctx.run_dir / f".{stage.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    log.info("[%s] running", stage.name)
+    pos = _position(stage.name).rstrip(", ")
+    log.info("[%s] running%s", stage.name, f" ({pos})" if pos else "")
     t0 = time.monotonic()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
@@ -335,7 +389,7 @@ def setup_logging(run_dir: Optional[Path], verbose: bool = False) -> None:
     root.handlers.clear()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
-    term = logging.StreamHandler(sys.stderr)
+    term = _TerminalHandler(sys.stderr)
     term.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root.addHandler(term)
     if run_dir is not None:
@@ -391,6 +445,10 @@ def run_pipeline(run_dir: Path, config: RunConfig, targets: list[Target], until:
             last = max((i for i, s in enumerate(stages) if kind(s.name) == until), default=len(stages) - 1)
             if any(kind(s.name) == "quantize" for s in stages[: last + 1]):
                 ctx.calibration_set()   # refuse a bad calibration set now, not after minutes of distillation
+            STAGE_POSITION.clear()
+            STAGE_POSITION.update({s.name: (i + 1, last + 1) for i, s in enumerate(stages[: last + 1])})
+            for line in resume_notice(run_dir, stages[: last + 1], force):
+                log.info(line)
             for s in stages[: last + 1]:
                 if s.name == "distill" and not told_workers:
                     distributed.broadcast(force or cached_record(s, ctx) is None)
@@ -399,13 +457,33 @@ def run_pipeline(run_dir: Path, config: RunConfig, targets: list[Target], until:
             if kind(stages[last].name) in ("report", "handoff"):
                 _publish_report(run_dir)
             cached = sum(v == "cached" for v in ctx.statuses.values())
-            log.info("finished in %.1fs (%d stages ran, %d cached); report: %s", time.monotonic() - t0,
-                     len(ctx.statuses) - cached, cached, run_dir / "report.md")
+            report = run_dir / "report.html"
+            log.info("finished in %.1fs (%d stages ran, %d cached); %s", time.monotonic() - t0,
+                     len(ctx.statuses) - cached, cached,
+                     f"report: {report} (and report.md, report.json)" if report.is_file() else f"run folder: {run_dir}")
     finally:
         if not told_workers:
             distributed.broadcast(False)  # release the other ranks: distill will not run
         distributed.shutdown()
     return ctx
+
+
+def resume_notice(run_dir: Path, stages: list[Stage], force: bool) -> list[str]:
+    """What a run into a folder that already holds work will reuse, said before any work is redone."""
+    found = [s.name for s in stages if (run_dir / s.name / STAGE_RECORD).is_file()]
+    ckpts = sorted((run_dir / ".resume").glob("distill-*.pt")) if (run_dir / ".resume").is_dir() else []
+    if not found and not ckpts:
+        return []
+    if force:
+        return [f"run folder {run_dir} holds earlier work ({len(found)} finished stages): --force runs every stage again"]
+    lines = []
+    if found:
+        lines.append(f"resuming run folder {run_dir}: {len(found)} of {len(stages)} stages finished earlier "
+                     f"({', '.join(found)}); each is reused if its settings and inputs are unchanged, else run again")
+    if ckpts:
+        lines.append(f"resuming: an interrupted distillation left a checkpoint ({ckpts[-1].name}); distill continues "
+                     f"from it if its settings are unchanged")
+    return lines
 
 
 def _publish_report(run_dir: Path) -> None:

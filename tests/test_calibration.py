@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -75,3 +76,17 @@ def test_any_single_byte_change_is_caught(fmnist, tmp_path_factory, flip):
     npy.write_bytes(bytes(raw))
     with pytest.raises(UserError):
         calibration.load(str(d / "f"), fmnist)
+
+
+def test_calibrate_again_rewrites_nothing(fmnist, tmp_path):
+    """Asking for the set that is already there leaves its files untouched (committed sets stay as they are);
+    another seed rewrites them."""
+    man, written = calibration.build_set(fmnist, 40, seed=2, name="same", out_dir=tmp_path)
+    data = tmp_path / "same.npy"
+    assert written and data.is_file()
+    stamps = (man.stat().st_mtime_ns, data.stat().st_mtime_ns, man.read_text())
+    time.sleep(0.01)
+    assert calibration.build_set(fmnist, 40, seed=2, name="same", out_dir=tmp_path) == (man, False)
+    assert (man.stat().st_mtime_ns, data.stat().st_mtime_ns, man.read_text()) == stamps
+    assert calibration.build_set(fmnist, 40, seed=3, name="same", out_dir=tmp_path) == (man, True)
+    assert man.read_text() != stamps[2]

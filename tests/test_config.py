@@ -159,3 +159,25 @@ def test_fuzz_target_tomls_never_traceback_nor_write_outside(tmp_path_factory, b
     assert rc in (0, 1, 2)
     assert sorted(p.name for p in root.parent.iterdir()) == outside_before
     assert {p.relative_to(root).as_posix() for p in root.rglob("*")} <= {"in", "in/t.toml", "run"}
+
+
+def test_config_show_lists_every_setting_with_default_and_help(run_cli):
+    """`python -m pipeline config show`: one line per setting (as --set takes it) with its default and help;
+    `config schema`: the typed config's JSON schema (unknown keys refused)."""
+    import json
+    from pipeline.config import RunConfig, settings as all_settings
+    rows = all_settings()
+    assert all(r["help"] for r in rows), [r["key"] for r in rows if not r["help"]]
+    r = run_cli("config", "show")
+    assert r.returncode == 0, r.stderr
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    defaults = RunConfig().model_dump()
+    for row in rows:
+        section, _, key = row["key"].partition(".")
+        value = defaults[section][key] if key else defaults[section]
+        assert row["key"] in lines and json.dumps(value) in lines[row["key"]] and row["help"][:20] in lines[row["key"]]
+    assert "distill.epochs" in lines and "quantize.per_channel" in lines
+    r = run_cli("config", "schema")
+    schema = json.loads(r.stdout)
+    assert r.returncode == 0 and schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(RunConfig.model_fields)

@@ -80,3 +80,16 @@ def test_benchmark_script_starts(script):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr[-2000:]
+
+
+def test_own_model_examples_work_as_written():
+    """A README run of the reader's own model file (outside this repository) carries --trust-model: without
+    it the command refuses to run that code, so as written it would fail."""
+    from pipeline.models import repo_code
+    own = [argv for _, argv in COMMANDS if argv[0] == "run" and "--model" in argv
+           and argv[argv.index("--model") + 1].split(":")[0].endswith(".py")]
+    assert own, "README.md shows no own-model run"
+    for argv in own:
+        path = Path(argv[argv.index("--model") + 1].split(":")[0]).expanduser()
+        inside = not path.is_absolute() and repo_code(ROOT / path)
+        assert inside or "--trust-model" in argv, f"{' '.join(argv)}: needs --trust-model to run as written"

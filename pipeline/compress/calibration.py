@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.config import CALIBRATION_DIR, ROOT, check_name, slug
 from pipeline.data.inputs import Inputs
 from pipeline.errors import UserError
-from pipeline.hashing import sha256_file
+from pipeline.hashing import sha256_bytes, sha256_file
 
 MANIFEST_VERSION = 1
 
@@ -44,6 +44,13 @@ def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def build(ds, size: int, seed: int, name: str | None = None, out_dir: Path = CALIBRATION_DIR) -> Path:
+    """Write the calibration set `name` (default <data>-<size>) and its manifest; returns the manifest."""
+    return build_set(ds, size, seed, name, out_dir)[0]
+
+
+def build_set(ds, size: int, seed: int, name: str | None = None, out_dir: Path = CALIBRATION_DIR) -> tuple[Path, bool]:
+    """As build, and whether anything was written: a set equal to the one on disk (same samples, same
+    bytes) leaves both files as they are, so re-running `calibrate` does not touch committed files."""
     if size < 1:
         raise UserError(f"calibration size {size}", "ask for at least 1 sample (128 to 2048 is typical)")
     if size > len(ds.x_train):
@@ -61,7 +68,7 @@ def build(ds, size: int, seed: int, name: str | None = None, out_dir: Path = CAL
         np.save(buf, np.ascontiguousarray(x.single), allow_pickle=False)
     else:
         np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in x.items()})
-    data.write_bytes(buf.getvalue())
+    content = buf.getvalue()
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "name": name,
@@ -71,11 +78,25 @@ def build(ds, size: int, seed: int, name: str | None = None, out_dir: Path = CAL
         "indices": idx.tolist(),
         "shape": list(x.single.shape) if single else None, "dtype": str(x.single.dtype) if single else None,
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in x.items()},
-        "file": data.name, "sha256": sha256_file(data),
+        "file": data.name, "sha256": sha256_bytes(content),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if unchanged(data, man, content, manifest):
+        return man, False
+    data.write_bytes(content)
     man.write_text(json.dumps(manifest, indent=1) + "\n")
-    return man
+    return man, True
+
+
+def unchanged(data: Path, man: Path, content: bytes, manifest: dict) -> bool:
+    """Whether `data` holds exactly `content` and `man` the same manifest but for its creation time."""
+    if not (data.is_file() and man.is_file()) or data.stat().st_size != len(content) or data.read_bytes() != content:
+        return False
+    try:
+        old = json.loads(man.read_text())
+    except (OSError, ValueError):
+        return False
+    return {k: v for k, v in old.items() if k != "created"} == {k: v for k, v in manifest.items() if k != "created"}
 
 
 def load(name_or_path: str, ds=None, input_shape: list[int] | None = None) -> tuple[Inputs, dict]:

@@ -2,8 +2,12 @@
 
     python -m pipeline gate runs/ci/report.json --baseline reports/baselines/jetson.json
 
-Exit 0: every check passed (or was skipped with its reason). Exit 1: at least one regression.
-Exit 2: a usage error (missing or malformed file, unknown target, bad flag), one line with the fix.
+Exit 0: every check passed (or was skipped with its reason) and the latency of what the target ships
+was compared. Exit 1: at least one regression. Exit 2: a usage error (missing or malformed file,
+unknown target, bad flag), one line with the fix. Exit 3: no regression found, but the deliverable's
+latency was not compared (baseline files not on disk and stored figures from another host, or
+nothing timed): a gate that timed nothing is not a pass. `--allow-no-latency` turns that into exit 0,
+still printed as "PASS (latency not compared)".
 
 What is compared
 ----------------
@@ -83,23 +87,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import numpy as np
-
 from pipeline import backends
 from pipeline.config import Target, load_target
 from pipeline.errors import UserError
-from pipeline.latency import median_ci
 from pipeline.report import schema
 from pipeline.report.device_table import device_rows
 from pipeline.hashing import sha256_file
 from pipeline.tasks import Metric
+from pipeline.report.gate_timing import (BURST, BURST_QUANTILE, DEFAULT_ROUNDS, MIN_ROUNDS, TIMING_THREADS,  # noqa: F401
+                                        WARMUP, Interleaved, timing_input, time_interleaved)
 
-DEFAULT_ROUNDS = 60          # interleaved rounds (pairs of bursts)
-MIN_ROUNDS = 5               # fewer cannot give a confidence interval narrower than the whole sample
-BURST = 5                    # timed inferences per burst: short, so the two halves of a round are close in time
-BURST_QUANTILE = 0.25        # each burst's statistic: its lower quartile (see the module docstring)
-TIMING_THREADS = 1           # interleaved timing threads unless --threads (see the module docstring)
-WARMUP = 20                  # untimed inferences per model before the first round
 STORED_DRIFT_MARGIN = 0.10   # stored mode: extra allowance for session-to-session drift
 Status = Literal["pass", "fail", "skip"]
 
@@ -123,6 +120,11 @@ class Check:
     message: str
     mode: str | None = None  # latency: "interleaved" or "stored"
     seconds: float = 0.0
+    # The figures compared, for tables (baseline / candidate / change): accuracy in the metric's units,
+    # size in MB, latency in ms (interleaved: the bursts' lower quartiles, `ratio` the median ratio).
+    baseline: float | None = None
+    candidate: float | None = None
+    ratio: float | None = None
 
 
 @dataclass
@@ -132,27 +134,33 @@ class GateResult:
     target: str
     budget: Budget
     checks: list[Check] = field(default_factory=list)
+    shipped: frozenset[str] = frozenset()   # the target's deliverable(s); empty: every target artifact
+    target_artifacts: frozenset[str] = frozenset()
+    allow_no_latency: bool = False
+    metric: Metric = Metric("top1", True, "fraction")
 
     @property
     def failures(self) -> list[Check]:
         return [c for c in self.checks if c.status == "fail"]
 
     @property
+    def latency_compared(self) -> bool:
+        """Whether a latency check of what the target ships (or, with no deliverable named, of any of the
+        target's own artifacts) was decided: pass or fail, not skipped."""
+        gated = self.shipped or self.target_artifacts
+        return any(c.kind == "latency" and c.status != "skip" and c.artifact in gated for c in self.checks)
+
+    @property
+    def outcome(self) -> Literal["pass", "fail", "no latency compared", "pass (latency not compared)"]:
+        if self.failures:
+            return "fail"
+        if self.latency_compared:
+            return "pass"
+        return "pass (latency not compared)" if self.allow_no_latency else "no latency compared"
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failures else 0
-
-
-@dataclass(frozen=True)
-class Interleaved:
-    """Interleaved timing of a baseline and a candidate: per-round ratios candidate / baseline, and the
-    medians over rounds of each side's per-burst statistic (ms)."""
-
-    ratios: tuple[float, ...]
-    ratio: float
-    ci95: tuple[float, float]
-    baseline_ms: float
-    candidate_ms: float
-    burst: int
+        return {"fail": 1, "no latency compared": 3}.get(self.outcome, 0)
 
 
 # ---------------------------------------------------------------- reading reports
@@ -282,72 +290,25 @@ def check_accuracy(name: str, base: dict, cand: dict, budget: Budget, same_test_
     else:
         change = f"{c - b:+.4g}, {metric.direction}; worse by more than {budget.max_accuracy_drop:g} fails"
     msg = f"{metric.name} {c:.4f} vs baseline {b:.4f} ({change})"
-    return Check(name, "accuracy", "fail" if drop > budget.max_accuracy_drop + 1e-12 else "pass", msg)
+    return Check(name, "accuracy", "fail" if drop > budget.max_accuracy_drop + 1e-12 else "pass", msg,
+                 baseline=b, candidate=c)
 
 
 def check_size(name: str, base: dict, cand: dict, budget: Budget, target: str, shipped: set[str]) -> Check:
     b, c = base["size_bytes"], cand["size_bytes"]
     if c is None:
         return Check(name, "size", "skip", "no file here (built on the device)")
+    figs = {"baseline": None if b is None else b / 1e6, "candidate": c / 1e6}
     change = "" if not b else f", {(c / b - 1) * 100:+.1f}% vs baseline {b / 1e6:.3f} MB"
     if cand.get("target") != target:
-        return Check(name, "size", "pass", f"{c / 1e6:.3f} MB{change}; shared artifact, not held to the device budget")
+        return Check(name, "size", "pass", f"{c / 1e6:.3f} MB{change}; shared artifact, not held to the device budget", **figs)
     if shipped and name not in shipped:  # reports that name no deliverable: every target artifact counts
-        return Check(name, "size", "pass", f"{c / 1e6:.3f} MB{change}; not what the target ships (comparison artifact)")
+        return Check(name, "size", "pass", f"{c / 1e6:.3f} MB{change}; not what the target ships (comparison artifact)", **figs)
     if budget.max_size_mb is None:
-        return Check(name, "size", "pass", f"{c / 1e6:.3f} MB{change}; target '{target}' has no size budget")
+        return Check(name, "size", "pass", f"{c / 1e6:.3f} MB{change}; target '{target}' has no size budget", **figs)
     over = c / 1e6 > budget.max_size_mb
     return Check(name, "size", "fail" if over else "pass",
-                 f"{c / 1e6:.3f} MB{change} (budget {budget.max_size_mb:.2f} MB)")
-
-
-def _timing_input(runner: Any, target: Target) -> np.ndarray:
-    """A fixed random batch-1 input in the runner's input shape (or the target's when the model's is dynamic)."""
-    shape = list(getattr(runner, "input_shape", None) or [])
-    if not shape or any(d is None for d in shape[1:]):
-        if target.input_shape is None:
-            raise UserError(f"the input shape of {getattr(runner, 'path', 'the model')} is not fixed",
-                            "set input_shape in the target profile")
-        shape = list(target.input_shape)
-    shape[0] = 1 if shape[0] is None else shape[0]
-    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-
-
-def time_interleaved(base: Any, cand: Any, x: np.ndarray, rounds: int = DEFAULT_ROUNDS, burst: int = BURST,
-                     warmup: int = WARMUP, quantile: float = BURST_QUANTILE) -> Interleaved:
-    """Time two Runners in alternation (see the module docstring); `x` is one normalized NCHW input.
-    `quantile` picks each burst's statistic (0.5: medians)."""
-    if rounds < MIN_ROUNDS:
-        raise UserError(f"{rounds} interleaved rounds are too few for a confidence interval",
-                        f"use --interleaved-runs {MIN_ROUNDS} or more (0 compares the stored figures)")
-    if burst < 1:
-        raise UserError(f"a burst of {burst} runs", "use at least 1 run per burst")
-    xb, xc = base.prepare(x), cand.prepare(x)
-    for _ in range(warmup):
-        base.run_raw(xb)
-        cand.run_raw(xc)
-
-    def burst_stat(runner: Any, inp: np.ndarray) -> float:
-        runner.run_raw(inp)  # untimed: the other model ran last, its caches are cold
-        ms = np.empty(burst)
-        for i in range(burst):
-            t0 = time.perf_counter_ns()
-            runner.run_raw(inp)
-            ms[i] = (time.perf_counter_ns() - t0) / 1e6
-        return float(np.quantile(ms, quantile))
-
-    b_ms, c_ms = np.empty(rounds), np.empty(rounds)
-    for r in range(rounds):
-        if r % 2 == 0:
-            b_ms[r] = burst_stat(base, xb)
-            c_ms[r] = burst_stat(cand, xc)
-        else:
-            c_ms[r] = burst_stat(cand, xc)
-            b_ms[r] = burst_stat(base, xb)
-    ratios = c_ms / b_ms
-    lo, hi = median_ci(ratios)
-    return Interleaved(ratios=tuple(float(v) for v in ratios), ratio=float(np.median(ratios)), ci95=(lo, hi),
-                       baseline_ms=float(np.median(b_ms)), candidate_ms=float(np.median(c_ms)), burst=burst)
+                 f"{c / 1e6:.3f} MB{change} (budget {budget.max_size_mb:.2f} MB)", **figs)
 
 
 def _baseline_file(run: Path, art: dict) -> tuple[Path | None, str]:
@@ -381,7 +342,7 @@ def check_latency_interleaved(name: str, base_path: Path, cand_path: Path, backe
     mod = backends.require(backend)
     t0 = time.monotonic()
     b_run, c_run = mod.Runner(base_path, threads=threads), mod.Runner(cand_path, threads=threads)
-    x = _timing_input(c_run, target)
+    x = timing_input(c_run, target)
     if progress:
         progress(f"timing '{name}' interleaved with its baseline ({rounds} rounds x {burst} runs, "
                  f"{_threads(threads)})")
@@ -391,7 +352,8 @@ def check_latency_interleaved(name: str, base_path: Path, cand_path: Path, backe
     msg = (f"candidate/baseline {res.ratio:.3f}x (95% CI {res.ci95[0]:.3f}-{res.ci95[1]:.3f}; fails when the lower "
            f"bound exceeds {limit:.3f}); burst lower quartiles {res.candidate_ms:.3f} vs {res.baseline_ms:.3f} ms, "
            f"{len(res.ratios)} rounds x {res.burst} runs, {_threads(threads)}")
-    return Check(name, "latency", "fail" if fail else "pass", msg, "interleaved", time.monotonic() - t0)
+    return Check(name, "latency", "fail" if fail else "pass", msg, "interleaved", time.monotonic() - t0,
+                 baseline=res.baseline_ms, candidate=res.candidate_ms, ratio=res.ratio)
 
 
 def _ci(art: dict) -> tuple[float, float]:
@@ -419,14 +381,15 @@ def check_latency_stored(name: str, base: dict, cand: dict, budget: Budget, host
     msg = (f"{why}; p50 {c:.3f} vs baseline {b:.3f} ms ({(c / b - 1) * 100:+.1f}%); fails when the candidate's CI "
            f"low {c_lo:.3f} ms exceeds baseline CI high x (1 + {budget.max_latency_regression_pct:g}% + "
            f"{STORED_DRIFT_MARGIN * 100:g}% drift margin) = {limit:.3f} ms")
-    return Check(name, "latency", "fail" if c_lo > limit else "pass", msg, "stored")
+    return Check(name, "latency", "fail" if c_lo > limit else "pass", msg, "stored", baseline=b, candidate=c,
+                 ratio=c / b if b else None)
 
 
 # ---------------------------------------------------------------- the gate
 def gate(candidate_path: Path, baseline_path: Path, *, target: str | None = None,
          max_accuracy_drop: float | None = None, max_latency_regression_pct: float | None = None,
          max_size_mb: float | None = None, baseline_run: Path | None = None, rounds: int = DEFAULT_ROUNDS,
-         burst: int = BURST, threads: int | None = None, device: bool = False,
+         burst: int = BURST, threads: int | None = None, device: bool = False, allow_no_latency: bool = False,
          progress: Callable[[str], None] | None = None) -> GateResult:
     """Compare `candidate_path` with `baseline_path` (both report.json); `rounds` 0 uses stored latencies only,
     `threads` None times with TIMING_THREADS; `device` compares only the figures measured on the device."""
@@ -460,7 +423,9 @@ def gate(candidate_path: Path, baseline_path: Path, *, target: str | None = None
         b_arts, c_arts = device_rows(base, t.name, "baseline"), device_rows(cand, t.name, "candidate")
     # The size budget holds what the target ships (its deliverable), not comparison artifacts.
     shipped = {x["deliverable"] for x in cand.get("targets", []) if x.get("name") == t.name and x.get("deliverable")}
-    result = GateResult(Path(candidate_path), Path(baseline_path), t.name, budget)
+    result = GateResult(Path(candidate_path), Path(baseline_path), t.name, budget, shipped=frozenset(shipped),
+                        target_artifacts=frozenset(n for n, a in c_arts.items() if a.get("target") == t.name),
+                        allow_no_latency=allow_no_latency, metric=metric)
     for name in [n for n in b_arts if n not in c_arts]:
         result.checks.append(Check(name, "presence", "skip", "in the baseline, missing from the candidate"))
     for name, c in c_arts.items():

@@ -25,13 +25,65 @@ class MetricView:
         return None if x is None else x * self.scale
 
 
+def host_proxy(report: dict, a: dict) -> bool:
+    """Whether artifact row `a` is a host stand-in for its target's engine (the QDQ ONNX of a TensorRT
+    target run by ONNX Runtime on this CPU): its accuracy checks the INT8 numerics, its time is not a
+    latency of anything the device runs, so no table or plot shows it as one."""
+    backend = next((t["backend"] for t in report.get("targets", []) if t["name"] == a.get("target")), None)
+    return backend is not None and a.get("backend") != backend and a.get("latency_where") != "device"
+
+
+def shown_latency(report: dict, a: dict) -> float | None:
+    """The p50 a table may show as a latency: none for a host proxy."""
+    return None if host_proxy(report, a) else a.get("latency_p50_ms")
+
+
+def host_line(report: dict, t: dict) -> str:
+    """The target's host figure, or why there is none to show."""
+    d = next((a for a in report["artifacts"] if a["name"] == t.get("deliverable")), None)
+    if d is not None and host_proxy(report, d):
+        return "no host latency: the host runs a proxy (numerics check), not the engine"
+    return f"host p50 {_f(t['measured'].get('host_latency_p50_ms'), '.3f')} ms"
+
+
+def verdict(report: dict, t: dict) -> str:
+    """One line for a target: which budgets the deliverable fits, which it misses, what is not known yet."""
+    mv = MetricView(report)
+    m, b, ok = t["measured"], t["budgets"], t["budgets_met"]
+    acc_name = "accuracy" if mv.name == "top1" else mv.name
+    judged: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
+    drop = m.get("accuracy_drop")
+    if ok.get("accuracy") is not None:
+        how = (f"a gain of {_f(mv.v(-drop), mv.fmt)}{mv.delta_suffix} over the teacher" if drop < 0 else
+               f"{mv.name} drop {_f(mv.v(drop), mv.fmt)}{mv.delta_suffix}")
+        judged[ok["accuracy"]].append((acc_name, f"{how}; budget {mv.v(b['max_accuracy_drop']):{mv.fmt}}{mv.delta_suffix}"))
+    if b.get("max_size_mb") is not None and ok.get("size") is not None:
+        judged[ok["size"]].append(("size", f"{_f(m.get('size_mb'), '.2f')} MB; budget {b['max_size_mb']:g} MB"))
+    parts = [f"{word} the {' and '.join(n for n, _ in judged[key])} budget{'s' if len(judged[key]) > 1 else ''} "
+             f"({'; '.join(d for _, d in judged[key])})" for key, word in ((False, "MISSES"), (True, "fits"))
+             if judged[key]]
+    if ok.get("accuracy") is None:
+        parts.append(f"{mv.name} not measured here")
+    if m.get("latency_p50_ms") is not None:
+        budget = b.get("latency_ms")
+        judge = ("no latency budget" if budget is None or ok.get("latency") is None else
+                 f"{'within' if ok['latency'] else 'OVER'} the {budget:g} ms latency budget")
+        parts.append(f"device latency p50 {m['latency_p50_ms']:.3f} ms ({judge})")
+    else:
+        bound = t.get("roofline_bound_ms")
+        parts.append("device latency not measured yet: run `bench` on the device"
+                     + (f" (roofline lower bound {bound:.4f} ms: a bound, not a measurement)" if bound is not None else ""))
+    return f"{t['name']}: " + "; ".join(parts)
+
+
 def markdown(r: dict) -> str:
     mv = MetricView(r)
     lines = [f"# edge-compress report: {r['model']} -> {r['target']}", "",
              f"Data: {r['data']} ({r['test_samples']} test samples). Metric: {mv.label}. Teacher {mv.name} "
              f"{_f(r['teacher_accuracy'], '.4f')}. Created {r['created']}. Host: {r['host']['cpu']} "
              f"({r['host']['cores']} cores). Latency is measured on this host unless marked otherwise; "
-             f"n/a means it cannot be measured here.", "",
+             f"n/a means it cannot be measured here; a host proxy's time is not a latency and is not shown.", "",
+             *[f"**{verdict(r, t)}**" + "  " for t in r["targets"]], "",
              f"| artifact | backend | precision | {mv.name} | Δ vs teacher | p50 ms | p90 ms | size KB | params | MMACs |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for a in r["artifacts"]:
@@ -39,8 +91,9 @@ def markdown(r: dict) -> str:
         lines.append(
             f"| {a['name']}{' ✓' if a.get('selected') else ''} | {a['backend']} | {a['precision']} | "
             f"{_f(a['accuracy'], '.4f')} | {_f(delta, mv.delta_fmt, 'n/a')}{'' if delta is None else mv.delta_suffix} | "
-            f"{_f(a['latency_p50_ms'], '.3f')} | {_f(a['latency_p90_ms'], '.3f')} | "
-            f"{_f(None if a['size_bytes'] is None else a['size_bytes'] / 1024, '.1f')} | "
+            + ("not a latency (host proxy) | | " if host_proxy(r, a) else
+               f"{_f(a['latency_p50_ms'], '.3f')} | {_f(a['latency_p90_ms'], '.3f')} | ")
+            + f"{_f(None if a['size_bytes'] is None else a['size_bytes'] / 1024, '.1f')} | "
             f"{_f(a['params'], ',d')} | {_f(None if a['macs'] is None else a['macs'] / 1e6, '.2f')} |")
     lines += ["", "## Targets", ""]
     for t in r["targets"]:
@@ -48,12 +101,12 @@ def markdown(r: dict) -> str:
         mark = {True: "met", False: "**missed**", None: "not measured here"}
         lines += [f"### {t['name']} ({t['device']}, {t['backend']}, {t['precision']})", "",
                   f"- deliverable: {t['deliverable']}; engine: {t['engine']}",
-                  f"- {mv.name} {'drop' if (m['accuracy_drop'] or 0) >= 0 else 'gain (negative drop)'} "
-                  f"{_f(mv.v(m['accuracy_drop']), mv.fmt)}{mv.delta_suffix} "
+                  f"- {mv.name} {'drop' if (m['accuracy_drop'] or 0) >= 0 else 'gain (a negative drop: better than the teacher)'} "
+                  f"{_f(mv.v(None if m['accuracy_drop'] is None else abs(m['accuracy_drop'])), mv.fmt)}{mv.delta_suffix} "
                   f"(budget {mv.v(b['max_accuracy_drop']):{mv.fmt}}{mv.delta_suffix}; {mv.direction}): {mark[ok['accuracy']]}",
                   f"- size {_f(m['size_mb'], '.3f')} MB (budget {_f(b['max_size_mb'], '.2f')} MB): {mark[ok['size']]}",
                   f"- device latency {_f(m['latency_p50_ms'], '.3f')} ms (budget {_f(b['latency_ms'], '.2f')} ms): "
-                  f"{mark[ok['latency']]}; host p50 {_f(m['host_latency_p50_ms'], '.3f')} ms; "
+                  f"{mark[ok['latency']]}; {host_line(r, t)}; "
                   f"roofline lower bound {_f(t['roofline_bound_ms'], '.4f')} ms (a bound, not a measurement)",
                   f"- calibration: {t['calibration']['name']} ({t['calibration']['size']} samples, seed "
                   f"{t['calibration']['seed']}, sha256 {t['calibration']['sha256'][:12]}), method {t['calibration_method']}"]

@@ -148,8 +148,8 @@ def target_summary(t, compile_metrics: dict, quant_metrics: dict, deliverable: d
     engine = compile_metrics.get("engine", {}).get("status", "built")
     notes = []
     if engine != "built":
-        notes.append(f"{t.backend} engine: to be built on device; accuracy and latency shown are host figures "
-                     f"of the host-runnable form ({deliverable['name'] if deliverable else 'none'})")
+        notes.append(f"{t.backend} engine: to be built on device; the accuracy shown is the host-runnable form's "
+                     f"({deliverable['name'] if deliverable else 'none'}), its host time is not a device latency")
     from pipeline import backends
     notes += backends.get(t.backend).report_notes(t, compile_metrics, deliverable)
     if compile_metrics.get("selection", {}).get("reason"):

@@ -3,6 +3,7 @@ as files the later stages read (model.pt for rebuilding, model.pt2, model.onnx).
 from __future__ import annotations
 
 import inspect
+import logging
 import shutil
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def onnx_param_count(path: Path) -> int:
     return int(sum(np.prod(t.dims) for t in onnx.load(str(path), load_external_data=False).graph.initializer))
 
 
+log = logging.getLogger("pipeline")
+
+
 class LoadStage(Stage):
     name = "load"
 
@@ -93,6 +97,7 @@ class LoadStage(Stage):
                          "classes": ds.num_classes, "task": task.describe(), "inputs": data_info["inputs"]}
 
         if spec.kind == "onnx":
+            log.info("[load] scoring %s on %d test samples of %s in ONNX Runtime", spec.label, len(x_test), ds.name)
             runner = ort_backend.Runner(spec.path, threads=2)  # errors name the user's file
             shutil.copyfile(spec.path, out / "model.onnx")
             if len(runner.inputs) == 1 and list(runner.input_shape)[1:] != shape[1:]:
@@ -107,12 +112,15 @@ class LoadStage(Stage):
                             "latency_engine": "onnxruntime", "params": onnx_param_count(out / "model.onnx"), "macs": None})
             return metrics | {"artifacts": [teacher_artifact(metrics)]}
 
+        log.info("[load] building %s and checking it on %d test samples of %s", spec.label, len(x_test), ds.name)
         model = models.build(spec)
         models.check_finite(model, spec.label)
         if spec.kind == "factory":
             check_input_names(model, ds)
         forward_outputs(model, example, task, ds)
         scores = task.evaluate(torch_outputs(model, ds, x_test, ctx.config.evaluate.batch_size), y_test)
+        log.info("[load] teacher %s %.4f; timing it (%d runs), exporting torch.export and ONNX",
+                 task.primary.name, scores[task.primary.name], ctx.config.load.latency_runs)
         torch.set_num_threads(2)
         with torch.no_grad():
             lat = measure(lambda: example.call(model), runs=ctx.config.load.latency_runs, threads=torch.get_num_threads())

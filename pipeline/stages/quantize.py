@@ -76,9 +76,13 @@ class QuantizeStage(Stage):
         held = sensitivity.held_out(ds, manifest.get("indices", []), q.heldout_samples, ctx.config.seed + 2)
         engine.check_target(t, q)
         # scratch inside the run folder (never the system temp folder): a killed run leaves nothing behind
+        log.info("[%s] INT8 PTQ for %s (%s): calibrating on %d samples of %s (%s), then scoring INT8 vs float on %d "
+                 "held-out training samples", self.name, t.name, t.backend, len(x_cal), manifest["name"],
+                 self.method(ctx), len(held.y))
         with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out) as tmp:
             eng = self._engine(ctx, calib, held, dest, Path(tmp))
             meta = {"meta": eng.build(())}
+            log.info("[%s] INT8 artifact built (%s); scoring it", self.name, dest.name)
 
             def shipped(float_layers: Sequence[str]) -> np.ndarray:
                 """Re-quantize the shipped artifact with these float layers; its held-out logits."""

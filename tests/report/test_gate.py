@@ -4,6 +4,7 @@ usage errors with exit 2. Interleaved timing runs two real ONNX models in ONNX R
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -237,7 +238,11 @@ def test_other_host_skips_stored_latency(pair):
     edit(cand, lambda r: _stored(r, 5.0, 0.01))  # 10x slower, but measured on another CPU
     res = gate.gate(cand, base, rounds=0)
     lat = next(c for c in res.checks if c.artifact == INT8 and c.kind == "latency")
-    assert res.exit_code == 0 and lat.status == "skip" and "different hosts" in lat.message
+    # Nothing timed is not a pass: exit 3 unless allowed, and then still said.
+    assert res.exit_code == 3 and res.outcome == "no latency compared"
+    assert lat.status == "skip" and "different hosts" in lat.message
+    allowed = gate.gate(cand, base, rounds=0, allow_no_latency=True)
+    assert allowed.exit_code == 0 and allowed.outcome == "pass (latency not compared)"
 
 
 def test_device_figures_are_compared_as_stored(pair):
@@ -378,3 +383,22 @@ def test_unknown_schema_version_is_refused(tmp_path, version):
     rep["schema_version"] = schema.SCHEMA_VERSION
     (tmp_path / "r.json").write_text(json.dumps(rep))
     gate.load_report(tmp_path / "r.json", "candidate")
+
+
+def test_pr_markdown_leads_with_the_deliverable(pair, tmp_path):
+    """The PR comment: verdict, then what the target ships with baseline / candidate / Δ, the intermediate
+    models folded under <details>, and no absolute path of this machine."""
+    from pipeline.report import gate_output
+    base, cand = pair
+    edit(cand, lambda r: r.update(targets=[{"name": "jetson", "deliverable": INT8}]))
+    res = gate.gate(cand, base, rounds=0)
+    md = gate_output.markdown(res)
+    assert md.startswith("## edge-compress gate (jetson): ✅ PASS")
+    lead, folded = md.split("<details>")
+    assert f"### Deliverable: {INT8}" in lead and "| check | baseline | candidate | Δ | result | details |" in lead
+    assert "| accuracy | 89.50% | 89.50% | +0.00 pt | ✅ pass |" in lead
+    assert "distilled" not in lead and "| distilled | accuracy |" in folded and "</details>" in folded
+    assert str(tmp_path) not in md and not re.search(r"(?<![\w.])/(tmp|home|root|work)/", md)
+    edit(base, lambda r: r["host"].update(cpu="Another CPU"))
+    md = gate_output.markdown(gate.gate(cand, base, rounds=0))
+    assert "NO LATENCY COMPARED (not a pass)" in md.splitlines()[0] and "--allow-no-latency" in md

@@ -18,6 +18,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 XHTML = "{http://www.w3.org/1999/xhtml}"
 TEACHER_ACC = 0.9123
 ENGINE = "jetson: TensorRT engine"
+PROXY = "jetson: INT8 QDQ ONNX (host proxy)"
 
 
 def _art(name: str, stage: str, backend: str, precision: str, target: str | None, file: str | None,
@@ -95,13 +96,20 @@ def text_of(el: ET.Element) -> str:
 def test_plots_are_inline_svg(report):
     root = parse(html(report))
     svgs = {s.get("id"): s for s in root.iter(f"{SVG}svg")}
-    assert set(svgs) == {"plot-scatter", "plot-waterfall"}
-    measured = [a["name"] for a in report["artifacts"] if a["latency_p50_ms"] is not None]
+    assert set(svgs) == {"plot-scatter", "plot-zoom", "plot-waterfall"}  # pruned and distilled overlap: a zoom
+    # The QDQ ONNX of the TensorRT target is a host proxy: its time is no latency, so it is not drawn.
+    measured = [a["name"] for a in report["artifacts"] if a["latency_p50_ms"] is not None and a["name"] != PROXY]
     scatter = svgs["plot-scatter"]
-    points = [g for g in scatter.iter(f"{SVG}g") if g.get("class") == "point"]
+    points = [g for g in scatter.iter(f"{SVG}g") if g.get("class", "").startswith("point")]
     labels = [t.text for t in scatter.iter(f"{SVG}text") if t.get("class") == "label"]
-    assert len(points) == len(measured) == 6 and sorted(labels) == sorted(measured)
-    assert ENGINE not in text_of(scatter)
+    assert len(points) == len(measured) == 5 and sorted(labels) == sorted(measured)
+    assert ENGINE not in text_of(scatter) and PROXY not in text_of(scatter)
+    # Pareto frontier: x86-cpu INT8 (fastest) and the teacher (most accurate); pruned is beaten by both.
+    front = {next(g.iter(f"{SVG}title")).text.rsplit(": ", 1)[0] for g in points if "pareto" in g.get("class")}
+    assert {"x86-cpu: INT8 ONNX", "teacher"} <= front and "pruned" not in front
+    assert scatter.find(f"{SVG}path").get("class") == "frontier"
+    budgets = [text_of(g) for g in scatter.iter(f"{SVG}g") if g.get("class") == "budget"]
+    assert budgets == ["jetson, x86-cpu accuracy budget (90.23%)"]  # one line for the budget both share
     steps = [g for g in svgs["plot-waterfall"].iter(f"{SVG}g") if g.get("class") == "step"]
     assert [g.find(f"{SVG}text").text for g in steps] == ["teacher", "pruned", "distilled", "jetson INT8",
                                                             "x86-cpu INT8"]
@@ -201,3 +209,56 @@ def test_console_error_capture_works(tmp_path):
     page.write_text("<!DOCTYPE html><html><body><script>no_such_function();</script></body></html>")
     r = chromium(page, tmp_path / "profile", "--dump-dom")
     assert any("no_such_function" in line for line in console_errors(r.stderr)), r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- a real jetson report in the browser
+MEASURE = """<script>
+addEventListener('load', () => {
+  const txt = el => el ? el.textContent : '';
+  const out = {
+    verdicts: [...document.querySelectorAll('#verdict .verdict')].map(txt),
+    plots: [...document.querySelectorAll('#plot-scatter, #plot-zoom')].map(txt).join(' | '),
+    cells: [...document.querySelectorAll('td')].map(txt),
+    overflow: [...document.querySelectorAll('table')].filter(t => t.scrollWidth > t.parentElement.clientWidth + 1)
+      .map(t => t.querySelector('th').textContent + ' ' + t.scrollWidth + '>' + t.parentElement.clientWidth),
+    page_overflow: document.documentElement.scrollWidth > innerWidth + 1,
+  };
+  const pre = document.createElement('pre');
+  pre.id = 'measure';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (./setup.sh --test installs it)")
+@pytest.mark.parametrize("width", [1200, 800])
+def test_real_jetson_report_in_chromium(small_run, tmp_path, width):
+    """The jetson report of a real run, laid out by Chromium: the verdict line leads, no host proxy's time
+    (the QDQ ONNX in ONNX Runtime) is drawn or tabulated as a latency, and every table fits the page."""
+    import json
+    import re
+    report = json.loads((small_run / "report.json").read_text())
+    backend = {t["name"]: t["backend"] for t in report["targets"]}
+    proxies = [a for a in report["artifacts"] if a.get("target") in backend and a["backend"] != backend[a["target"]]
+               and a["latency_p50_ms"] is not None]
+    assert [a["target"] for a in proxies] == ["jetson"]  # the QDQ ONNX: timed here, but not a latency
+    page = tmp_path / "report.html"
+    page.write_text((small_run / "report.html").read_text().replace("</body>", MEASURE + "</body>"))
+    r = chromium(page, tmp_path / "profile", "--dump-dom", f"--window-size={width},1600")
+    assert r.returncode == 0 and console_errors(r.stderr) == [], r.stderr[-2000:]
+    m = json.loads(re.search(r'<pre id="measure">(.*?)</pre>', r.stdout, re.S).group(1).replace("&amp;", "&")
+                   .replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"'))
+    jetson = next(v for v in m["verdicts"] if v.startswith("jetson:"))
+    assert ("fits the" in jetson or "MISSES the" in jetson) and "device latency not measured yet: run `bench`" in jetson
+    assert len(m["verdicts"]) == len(report["targets"])
+    for a in proxies:
+        p50 = f"{a['latency_p50_ms']:.3f}"
+        assert a["name"] not in m["plots"] and p50 not in m["plots"]
+        assert not [c for c in m["cells"] if p50 in c], f"{a['name']}'s host time {p50} ms is tabulated"
+    assert m["overflow"] == [] and not m["page_overflow"], m["overflow"]
+    if width == 1200:   # a picture for whoever reads the change
+        shot = tmp_path / "jetson-report.png"
+        r = chromium(small_run / "report.html", tmp_path / "profile-shot", f"--screenshot={shot}",
+                     "--window-size=1200,2400")
+        assert r.returncode == 0 and shot.is_file()

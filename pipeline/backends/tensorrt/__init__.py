@@ -74,8 +74,8 @@ def available() -> tuple[bool, str]:
     """(True, version and GPU) when tensorrt imports and a CUDA GPU is visible, else (False, why)."""
     try:
         import tensorrt as trt
-    except ImportError as e:
-        return False, f"the tensorrt Python package is not installed ({e})"
+    except ImportError:
+        return False, "the tensorrt Python package is not installed here"
     count, how = _gpu_count()
     if count < 1:
         return False, f"tensorrt {trt.__version__} is installed but no CUDA GPU is visible ({how})"

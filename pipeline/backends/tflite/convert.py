@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,6 +34,8 @@ import torch
 from pipeline.data.inputs import Inputs
 from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
+
+log = logging.getLogger("pipeline")
 
 LAYOUTS = ("NHWC", "NCHW")
 IO_DTYPES = ("int8", "float32")
@@ -52,6 +55,7 @@ def convert_float(model: torch.nn.Module, example, out_path: Path, layout: str =
     example = _check_example(example)
     layout = _layout_for(example, _check_choice("layout", layout, LAYOUTS))
     module, args = _with_layout(model, example, layout)
+    log.info("[tflite] converting to FP32 %s with litert-torch (%s input)", Path(out_path).name, layout)
     with _conversion_errors():
         content = litert_torch.convert(module, args).model_content()
     _write(content, Path(out_path), layout, float_io=False)
@@ -95,12 +99,15 @@ def convert_int8(model: torch.nn.Module, example, calib, out_path: Path,
     prefix = "model."  # module paths inside our input wrapper
     quantizer, method_note = _quantizer(method, [prefix + name for name in float_layers], per_channel)
     with _conversion_errors():
+        log.info("[tflite] INT8 %s: torch.export, then calibrating %s observers on %d samples", Path(out_path).name,
+                 method, len(calib))
         graph, batch = _export_for_calibration(module, args)
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
             for i in range(0, len(calib), batch):
                 prepared(*_module_args(calib[i:i + batch], layout))
         converted = convert_pt2e(prepared, fold_quantize=False)
+        log.info("[tflite] converting the calibrated graph with litert-torch (%d layers kept float)", len(float_layers))
         # Exported from an eval-mode model already; exported GraphModules refuse .eval(), and the flag
         # only silences litert-torch's "converted in training mode" warning.
         converted.training = False
