@@ -141,11 +141,14 @@ def cpu_isa(cpuinfo: str | None = None) -> dict:
 
 
 # ---------------------------------------------------------------- the task's metrics, numpy only
+CLASSIFICATION_TASKS = ("classification", "text-classification")   # (N, classes) logits, integer labels
+
+
 def task_metrics(task: str, outputs: np.ndarray, y: np.ndarray) -> dict | None:
     """The metrics of the built-in tasks (classification: top1/top5; regression: mae/rmse), as the
     pipeline's tasks compute them; None for a plug-in task (its code is not in the bundle)."""
     outputs = np.asarray(outputs, dtype=np.float32)
-    if task == "classification":
+    if task in CLASSIFICATION_TASKS:
         k = min(5, outputs.shape[1])
         return {"top1": float(np.mean(outputs.argmax(1) == y)),
                 "top5": float(np.mean((np.argsort(-outputs, axis=1)[:, :k] == y[:, None]).any(1)))}

@@ -53,7 +53,7 @@ else:                                                  # tensorrt: the engine th
     from build_engine import TrtRunner                 # deserialize model.plan, execute_async_v3 (see infer.cpp)
     logits = TrtRunner(str(HERE / "model.plan")).run(x.astype(np.float32))
 
-if m["task"]["name"] == "classification":
+if m["task"]["name"] in ("classification", "text-classification"):
     k = int(logits[0].argmax())
     print(f"class {k}: {m['labels'][k]} (logit {logits[0, k]:.3f})")
 else:

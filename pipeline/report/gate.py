@@ -423,6 +423,8 @@ def gate(candidate_path: Path, baseline_path: Path, *, target: str | None = None
         b_arts, c_arts = device_rows(base, t.name, "baseline"), device_rows(cand, t.name, "candidate")
     # The size budget holds what the target ships (its deliverable), not comparison artifacts.
     shipped = {x["deliverable"] for x in cand.get("targets", []) if x.get("name") == t.name and x.get("deliverable")}
+    if device:       # the device's row of the deliverable is what the target ships, as measured there
+        shipped |= {f"{n} (device)" for n in shipped}
     result = GateResult(Path(candidate_path), Path(baseline_path), t.name, budget, shipped=frozenset(shipped),
                         target_artifacts=frozenset(n for n, a in c_arts.items() if a.get("target") == t.name),
                         allow_no_latency=allow_no_latency, metric=metric)
