@@ -52,17 +52,16 @@ def read_json(path: Path) -> dict:
 STAGE_POSITION: dict[str, tuple[int, int]] = {}
 
 
-def _stage_label(stage: str) -> str:
-    """'stage 3/8 distill' when `stage` (or the stage it belongs to: "distill: teacher outputs") is in the run."""
-    name = stage.split(":")[0].split(" ")[0]
-    pos = STAGE_POSITION.get(name)
-    return f"stage {pos[0]}/{pos[1]} {stage}" if pos else stage
-
-
 def _position(stage: str) -> str:
     """'stage 3/8, ' for a stage of the current run, else ''."""
     pos = STAGE_POSITION.get(stage)
     return f"stage {pos[0]}/{pos[1]}, " if pos else ""
+
+
+def _stage_label(stage: str) -> str:
+    """'stage 3/8 distill' when `stage` (or the stage it belongs to: "distill: teacher outputs") is in the run."""
+    pos = _position(stage.split(":")[0].split(" ")[0])
+    return f"{pos.rstrip(', ')} {stage}" if pos else stage
 
 
 def live_bars() -> bool:

@@ -21,29 +21,28 @@ def declared_artifacts(ctx: Context, stage_names: list[str]) -> list[dict]:
     return arts
 
 
-def latency_by_shape(runner, ds, rows: list, e, threads: int, data_shapes: dict, lat_data: dict) -> list[dict]:
-    """p50/p90 per declared shape (--dynamic) on real test samples cut or repeated to size. An artifact
-    with fixed shapes (TFLite, a static ONNX) has a figure at the data's shape only (its one latency)
-    and rows that say so elsewhere."""
+def _shape_row(label: str, shapes: dict, lat: dict | None, note: str | None = None) -> dict:
+    row = {"shape": label, "inputs": shapes, "p50_ms": lat and lat["p50_ms"], "p90_ms": lat and lat["p90_ms"]}
+    if lat:
+        row.update({"p50_ci95_ms": lat["p50_ci95_ms"], "runs": lat["runs"]})
+    return {**row, "note": note} if note else row
+
+
+def latency_by_shape(runner, arrays: dict, rows: list, e, threads: int, data_shapes: dict, lat_data: dict) -> list[dict]:
+    """p50/p90 per declared shape (--dynamic) on real test samples (`arrays`, normalized) cut or repeated to
+    size. An artifact with fixed shapes (TFLite, a static ONNX) has a figure at the data's shape only (its
+    one latency) and rows that say so elsewhere."""
     fixed = {i["name"]: i["shape"] for i in runner.io()["inputs"]}
-    n = max(max(s[0] for s in shapes.values()) for _, shapes in rows)
-    base = ds.normalize(ds.x_test[:n])
-    arrays = dict(base.items())
+    accepts = getattr(runner, "accepts", None)
     out = []
     for label, shapes in rows:
-        accepts = getattr(runner, "accepts", None)
         if accepts is None or not accepts(shapes):
-            if shapes == data_shapes:
-                out.append({"shape": label, "inputs": shapes, "p50_ms": lat_data["p50_ms"], "p90_ms": lat_data["p90_ms"],
-                            "p50_ci95_ms": lat_data["p50_ci95_ms"], "runs": lat_data["runs"], "note": "fixed shape"})
-                continue
-            out.append({"shape": label, "inputs": shapes, "p50_ms": None, "p90_ms": None,
-                        "note": f"fixed input shape {fixed}"})
+            out.append(_shape_row(label, shapes, lat_data, "fixed shape") if shapes == data_shapes else
+                       _shape_row(label, shapes, None, f"fixed input shape {fixed}"))
             continue
         feed = runner.feed(resize_to(arrays, shapes))
         lat = measure(lambda: runner.run_raw(feed), warmup=min(e.warmup, 10), runs=max(20, e.runs // 4), threads=threads)
-        out.append({"shape": label, "inputs": shapes, "p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"],
-                    "p50_ci95_ms": lat["p50_ci95_ms"], "runs": lat["runs"]})
+        out.append(_shape_row(label, shapes, lat))
     log.info("[evaluate]   by shape: %s", ", ".join(f"{r['shape']} {r['p50_ms']:.3f} ms" if r["p50_ms"] is not None
                                                   else f"{r['shape']} n/a" for r in out))
     return out
@@ -67,7 +66,11 @@ class EvaluateStage(Stage):
         one = ctx.example()
         task = ctx.task
         threads = ctx.targets[0].threads
-        shape_rows = ctx.dynamic().latency_shapes(ctx.input_shapes())
+        data_shapes = ctx.input_shapes()
+        shape_rows = ctx.dynamic().latency_shapes(data_shapes)
+        if shape_rows:      # real test samples for every shape row: as many as the largest batch
+            largest = max(max(s[0] for s in shapes.values()) for _, shapes in shape_rows)
+            shape_arrays = dict(ds.normalize(ds.x_test[:largest]).items())
         results = []
         for art in declared_artifacts(ctx, list(self.inputs)):
             row = {**art, "accuracy": None, "metrics": None, "latency_p50_ms": None, "latency_p90_ms": None, "latency": None,
@@ -83,7 +86,7 @@ class EvaluateStage(Stage):
                 lat = measure(lambda: runner.run_raw(xb), warmup=e.warmup, runs=e.runs, threads=t)
                 row.update({"latency_p50_ms": lat["p50_ms"], "latency_p90_ms": lat["p90_ms"], "latency": lat})
                 if shape_rows:
-                    row["latency_by_shape"] = latency_by_shape(runner, ds, shape_rows, e, t, ctx.input_shapes(), lat)
+                    row["latency_by_shape"] = latency_by_shape(runner, shape_arrays, shape_rows, e, t, data_shapes, lat)
                 if hasattr(runner, "layout"):
                     row["layout"] = runner.layout
             results.append(row)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__, backends
+from pipeline.bundle.devicekit import CLASSIFICATION_TASKS
 from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
 from pipeline.runner import Context, Stage, read_json, write_json
@@ -183,7 +184,7 @@ class HandoffStage(Stage):
                 output_name=manifest["output"]["name"], output_dtype=manifest["output"]["dtype"],
                 output_shape=manifest["output"]["shape"],
                 output_meaning=("logits for the labels in `manifest.json` (argmax = class)"
-                                if ctx.task.name in ("classification", "text-classification") else f"the {ctx.task.name} task's outputs"),
+                                if ctx.task.name in CLASSIFICATION_TASKS else f"the {ctx.task.name} task's outputs"),
                 quant_out=f"; dequantize: (q - {q_out['zero_point']}) * {q_out['scale']}" if q_out else "",
                 quantization=quantization_lines(t.backend, quant, quant.get("float_layers", [])),
                 files="\n".join(f"- `{n}`" for n in files) + "\n- `manifest.json`\n- `README.md`",
