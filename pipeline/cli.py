@@ -37,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the stages for one or more targets")
     r.add_argument("--target", default="jetson", help="name(s) in targets/ or a .toml path; comma-separated")
-    r.add_argument("--task", default=None, help="classification (default) | regression | text-classification | "
+    r.add_argument("--task", default=None, help="classification (default) | regression | text-classification | detection | "
                    "FILE.py:NAME (a Task plug-in)")
-    r.add_argument("--model", default=None, help="default | text-default | FILE.py:FACTORY | MODEL.pt2 | MODEL.onnx "
+    r.add_argument("--model", default=None, help="default | text-default | detect-default | FILE.py:FACTORY | MODEL.pt2 | MODEL.onnx "
                    "(default: the task's bundled model)")
     r.add_argument("--weights", help="state_dict for FILE.py:FACTORY (loaded with weights_only=True)")
-    r.add_argument("--data", default=None, help="fashion-mnist (default) | FILE.npz | DIR")
+    r.add_argument("--data", default=None, help="fashion-mnist (default) | fashion-detect | fine-foods | FILE.npz | DIR (image classes, a YOLO "
+                   "data.yaml folder or a COCO folder)")
     r.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",
                    help="e.g. 1x3x224x224, or input_ids=1x128 per input (repeatable; must agree with the data)")
     r.add_argument("--dynamic", action="append", metavar="AXIS=LO..HI",
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("targets", help="list the target profiles")
 
     c = sub.add_parser("calibrate", help="build a calibration set (with manifest) under calibration/")
-    c.add_argument("--data", default=None, help="fashion-mnist (default) | FILE.npz | DIR")
+    c.add_argument("--data", default=None, help="fashion-mnist (default) | fashion-detect | fine-foods | FILE.npz | DIR (image classes, a YOLO "
+                   "data.yaml folder or a COCO folder)")
     c.add_argument("--size", type=int, default=512)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--name", help="default <data>-<size>")

@@ -279,9 +279,24 @@ class HandoffConfig(Strict):
         "accuracy figure; 0: none"))
 
 
+class DetectionConfig(Strict):
+    output_layout: Literal["auto", "xywh-scores", "anchors-last", "xywh-obj-scores"] = Field(
+        "auto", description="detector output layout: (N, 4+C, A) xywh-scores as YOLOv8/11, (N, A, 4+C) anchors-last, "
+        "(N, A, 5+C) xywh-obj-scores as YOLOv5; auto: from the output shape and class count when unambiguous")
+    strides: list[int] = Field([8, 16, 32], min_length=1, description="the head's strides, finest first (anchor "
+                               "points for the ground-truth loss in distillation)")
+    score_threshold: float = Field(0.001, ge=0, lt=1, description="detections kept for mAP (COCO practice: 0.001)")
+    conf_threshold: float = Field(0.25, gt=0, lt=1, description="deployment threshold: golden boxes, pictures, the "
+                                  "reference detections agreement is scored against")
+    iou_threshold: float = Field(0.6, gt=0, le=1, description="per-class NMS IoU")
+    max_detections: int = Field(100, ge=1, description="detections per image after NMS")
+    input_size: int = Field(640, ge=32, le=4096, description="YOLO / COCO folders: images are letterboxed to "
+                            "input_size x input_size")
+
+
 class RunConfig(Strict):
     seed: int = Field(0, description="every random choice (calibration, training order, held-out samples)")
-    task: str = Field("classification", description="classification | regression | text-classification | FILE.py:NAME "
+    task: str = Field("classification", description="classification | regression | text-classification | detection | FILE.py:NAME "
                       "(a Task plug-in)")
     model: str = Field("default", description="default | text-default | hf:DIR | FILE.py:FACTORY | MODEL.pt2 | "
                        "MODEL.onnx (default: the task's bundled model)")
@@ -303,6 +318,7 @@ class RunConfig(Strict):
     quantize: QuantizeConfig = QuantizeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     handoff: HandoffConfig = HandoffConfig()
+    detection: DetectionConfig = DetectionConfig()
 
     @model_validator(mode="after")
     def _task_defaults(self):
@@ -312,6 +328,11 @@ class RunConfig(Strict):
                 self.model = "text-default"
             if self.data == "fashion-mnist" and "data" not in self.model_fields_set:
                 self.data = "fine-foods"
+        if self.task == "detection":
+            if self.model in ("", "default") and "model" not in self.model_fields_set:
+                self.model = "detect-default"
+            if self.data == "fashion-mnist" and "data" not in self.model_fields_set:
+                self.data = "fashion-detect"
         return self
 
 

@@ -74,8 +74,10 @@ def cpu_bench(engine, tdir: Path, manifest: dict, warmup: int, runs: int, thread
     runner = engine.Runner(artifact, threads=threads)
     with np.load(tdir / manifest["golden"]["file"]) as g:
         x, y, labels = golden_inputs(g), g["y"], (g["labels"] if "labels" in g.files else None)
+        boxes = g["boxes"] if "boxes" in g.files else None
     gold = manifest["golden"]
-    report["check"] = golden_check(runner.run(x), y, labels, gold["max_abs"], 0.0, gold["min_argmax_agreement"])
+    report["check"] = golden_check(runner.run(x), y, labels, gold["max_abs"], 0.0, gold["min_argmax_agreement"],
+                                   boxes, manifest.get("detection"))
     names = [i["name"] for i in manifest.get("inputs", [])]
     report["eval"] = evaluate(lambda arrays: runner.run(arrays[0] if len(arrays) == 1 else dict(zip(names, arrays))),
                               manifest, tdir)

@@ -174,6 +174,7 @@ class Context:
         if self._task is None:
             from pipeline import tasks
             self._task = tasks.resolve(self.config.task, self.config.trust_model)
+            self._task.configure(self.config)
         return self._task
 
     def example(self):
@@ -249,7 +250,9 @@ class Stage:
     def sections(self, ctx: Context) -> dict:
         """The config sections the stage declares (`config_sections`), whole: a new setting in one of them
         changes the cache key without anyone listing it."""
-        return {name: getattr(ctx.config, name).cache_key() for name in self.config_sections}
+        out = {name: getattr(ctx.config, name).cache_key() for name in self.config_sections}
+        task_key = ctx.task.cache_key()
+        return out | ({"task_options": task_key} if task_key else {})
 
 
 def record_hash(rec: dict) -> str:
@@ -488,7 +491,7 @@ def resume_notice(run_dir: Path, stages: list[Stage], force: bool) -> list[str]:
 def _publish_report(run_dir: Path) -> None:
     """Copy the report stage's files to the run folder's top and merge the device reports kept there."""
     from pipeline import device
-    for f in ("report.json", "report.md", "report.html"):
+    for f in ("report.json", "report.md", "report.html", "detections.png"):
         if (run_dir / "report" / f).exists():
             shutil.copyfile(run_dir / "report" / f, run_dir / f)
     for line in device.remerge(run_dir):   # device measurements merged earlier survive a re-run

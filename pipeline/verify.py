@@ -289,12 +289,13 @@ def check_outputs(tdir: Path, manifest: dict, res: TargetResult, threads: int, r
         runner = backends.get(runtime).Runner(tdir / manifest["deliverable"], threads=threads)
         with np.load(tdir / gold["file"]) as g:
             x, y = golden_inputs(g), g["y"]
+            boxes = g["boxes"] if "boxes" in g.files else None
         out = runner.run(x)
     except (UserError, KeyError, ValueError) as e:
         res.outputs = "FAILED: could not run"
         res.failures.append(f"{manifest['deliverable']} on {gold['file']}: {getattr(e, 'problem', e)}")
         return
-    ok, what = compare(out, y, gold)
+    ok, what = compare(out, y, gold, boxes, manifest.get("detection"))
     proxy = f" (host proxy, {runtime})" if runtime != engine.name else ""
     res.outputs = f"{'OK' if ok else 'FAILED'}{proxy}: {what}"
     if not ok:
@@ -304,8 +305,13 @@ def check_outputs(tdir: Path, manifest: dict, res: TargetResult, threads: int, r
     res.latency = f"p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms (this machine, {runtime}, {threads} threads, {runs} runs)"
 
 
-def compare(out: np.ndarray, y: np.ndarray, gold: dict) -> tuple[bool, str]:
-    """(within the manifest's golden tolerances?, one line with the figures)."""
+def compare(out: np.ndarray, y: np.ndarray, gold: dict, boxes=None, detection=None) -> tuple[bool, str]:
+    """(within the manifest's golden tolerances?, one line with the figures); a detector on its boxes."""
+    if detection is not None and boxes is not None:
+        from pipeline.bundle.devicekit import golden_boxes_check
+        c = golden_boxes_check(out, y, boxes, detection)
+        return c["passed"], (f"{c['matched']} of {c['boxes']} golden boxes found again (class + IoU >= {c['iou']}), "
+                             f"{c['found']} found, on {c['n']} golden samples")
     diff = float(np.abs(out - y).max())
     agree = float((out.argmax(1) == y.argmax(1)).mean())
     ok = diff <= gold["max_abs"] and agree >= gold["min_argmax_agreement"]

@@ -78,6 +78,7 @@ class Quantizer:
     proxy: Callable[[Sequence[str]], np.ndarray]
     proxy_note: str
     prepared: Optional[dict] = None
+    output_layers: list[str] = field(default_factory=list)   # the weighted layers feeding the outputs (engine names)
 
 
 @dataclass

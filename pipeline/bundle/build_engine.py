@@ -497,8 +497,11 @@ def main(argv: list[str] | None = None) -> int:
         report["layer_precisions"] = dict(Counter(layer["precision"] for layer in _engine_layers(tensorrt, runner.engine)))
         golden = np.load(args.golden)
         x = golden_inputs(golden)
+        det = json.loads((Path(args.golden).parent / "manifest.json").read_text()).get("detection") \
+            if (Path(args.golden).parent / "manifest.json").is_file() else None      # a detector: boxes are checked
         report["check"] = golden_check(runner.run(x), golden["y"], golden["labels"] if "labels" in golden.files else None,
-                                       args.atol, args.rtol, args.min_top1_agreement)
+                                       args.atol, args.rtol, args.min_top1_agreement,
+                                       golden["boxes"] if "boxes" in golden.files else None, det)
         n = 1 if runner.dynamic else runner.max_batch                  # the engine's batch; 1 if dynamic
         batch = {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
         times = runner.time(batch, args.warmup, args.runs)

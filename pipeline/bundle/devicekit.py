@@ -84,8 +84,11 @@ def device_report(written_by: str, artifact: str | Path, runtime: dict, gpu: boo
 
 
 def golden_check(out: np.ndarray, y: np.ndarray, labels: np.ndarray | None, atol: float, rtol: float,
-                 min_top1_agreement: float) -> dict:
-    """Outputs `out` for the golden inputs against the expected outputs `y` (and the labels, when given)."""
+                 min_top1_agreement: float, boxes: np.ndarray | None = None, detection: dict | None = None) -> dict:
+    """Outputs `out` for the golden inputs against the expected outputs `y` (and the labels, when given).
+    A detector (`detection`: the manifest's section, `boxes`: golden.npz's boxes) is checked on its boxes."""
+    if detection is not None and boxes is not None:
+        return golden_boxes_check(out, y, boxes, detection)
     y = np.asarray(y, dtype=np.float32)
     err = np.abs(out - y)
     agreement = float((out.argmax(1) == y.argmax(1)).mean())
@@ -95,6 +98,55 @@ def golden_check(out: np.ndarray, y: np.ndarray, labels: np.ndarray | None, atol
             "top1_agreement": agreement, "min_top1_agreement": min_top1_agreement,
             "accuracy_on_golden": None if labels is None else float((out.argmax(1) == labels).mean()),
             "passed": within and agreement >= min_top1_agreement}
+
+
+GOLDEN_BOX_IOU = 0.5       # a golden box is found again when a box of its class overlaps it by this much
+GOLDEN_BOX_MATCH = 0.95    # share of golden boxes (and of boxes found) that must match: INT8 kernels of
+                           # another CPU may move a borderline score across the threshold
+
+
+def _decode(out: np.ndarray, det: dict) -> list[np.ndarray]:
+    try:
+        from pipeline.bundle.postprocess import detect
+    except ImportError:        # inside a hand-off bundle
+        from postprocess import detect
+    return detect(out, det["output_layout"], det["conf_threshold"], det["iou_threshold"], det["max_detections"],
+                  multi_label=False)
+
+
+def golden_boxes_check(out: np.ndarray, y: np.ndarray, boxes: np.ndarray, det: dict) -> dict:
+    """Detections decoded from `out` (postprocess.py, the manifest's thresholds) against the golden boxes
+    (N, K, 6: x1, y1, x2, y2, score, class; class -1 pads): a box matches one of the same class at IoU >=
+    GOLDEN_BOX_IOU, greedily; passes when both ways at least GOLDEN_BOX_MATCH of the boxes match."""
+    try:
+        from pipeline.bundle.postprocess import iou_matrix
+    except ImportError:
+        from postprocess import iou_matrix
+    found = _decode(out, det)
+    matched = total_gold = total_found = 0
+    min_iou = 1.0
+    for d, g in zip(found, np.asarray(boxes, np.float32)):
+        g = g[g[:, 5] >= 0]
+        total_gold, total_found = total_gold + len(g), total_found + len(d)
+        if not len(g) or not len(d):
+            continue
+        iou = iou_matrix(g[:, :4], d[:, :4]) * (g[:, None, 5] == d[None, :, 5])
+        used = set()
+        for i in np.argsort(-iou.max(1)):
+            j = int(iou[i].argmax())
+            if iou[i, j] >= GOLDEN_BOX_IOU and j not in used:
+                used.add(j)
+                matched += 1
+                min_iou = min(min_iou, float(iou[i, j]))
+    recall = matched / total_gold if total_gold else 1.0
+    precision = matched / total_found if total_found else 1.0
+    err = np.abs(np.asarray(out, np.float32) - np.asarray(y, np.float32))
+    return {"n": int(len(boxes)), "boxes": total_gold, "found": total_found, "matched": matched,
+            "box_recall": recall, "box_precision": precision, "min_matched_iou": min_iou if matched else None,
+            "min_match": GOLDEN_BOX_MATCH, "iou": GOLDEN_BOX_IOU,
+            "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
+            "top1_agreement": min(recall, precision), "min_top1_agreement": GOLDEN_BOX_MATCH,
+            "passed": recall >= GOLDEN_BOX_MATCH and precision >= GOLDEN_BOX_MATCH}
 
 
 def device_latency(times_ms: list[float], warmup: int, batch: int, what: str) -> dict:

@@ -315,9 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     gold = manifest["golden"]
     with np.load(HERE / gold["file"]) as g:
         x, y, labels = golden_inputs(g), g["y"], (g["labels"] if "labels" in g.files else None)
-    check = golden_check(model.run(ordered(manifest, x)), y, labels, gold["max_abs"], 0.0, gold["min_argmax_agreement"])
-    print(f"{'ok  ' if check['passed'] else 'FAIL'} golden: max |diff| {check['max_abs_err']:.3g} (tolerance "
-          f"{check['atol']:.3g}), argmax agreement {check['top1_agreement']:.3f} on {check['n']} samples")
+        boxes = g["boxes"] if "boxes" in g.files else None
+    check = golden_check(model.run(ordered(manifest, x)), y, labels, gold["max_abs"], 0.0, gold["min_argmax_agreement"],
+                         boxes, manifest.get("detection"))
+    if "boxes" in check:
+        print(f"{'ok  ' if check['passed'] else 'FAIL'} golden boxes: {check['matched']} of {check['boxes']} found again "
+              f"(class + IoU >= {check['iou']}), {check['found']} found, on {check['n']} samples")
+    else:
+        print(f"{'ok  ' if check['passed'] else 'FAIL'} golden: max |diff| {check['max_abs_err']:.3g} (tolerance "
+              f"{check['atol']:.3g}), argmax agreement {check['top1_agreement']:.3f} on {check['n']} samples")
     if a.command == "verify":
         return 0 if check["passed"] else 1
     report = device_report(WRITTEN_BY, HERE / manifest["deliverable"],

@@ -322,9 +322,11 @@ def distill(teacher: nn.Module, student: nn.Module, example, ds, cfg, seed: int,
             state["losses"].append(round(value, 5))
             if prog:
                 seen += len(b)
-                correct += len(b) * task.score(logits.detach().float().cpu().numpy(), yb.cpu().numpy())
+                if task.batch_metric:
+                    correct += len(b) * task.score(logits.detach().float().cpu().numpy(), yb.cpu().numpy())
                 prog.update(state["step"], epoch=f"{epoch + 1}/{math.ceil(cfg.epochs)}", loss=state["losses"][-1],
-                            **{f"train_{task.primary.name}": correct / seen}, lr=sched.get_last_lr()[0])
+                            **({f"train_{task.primary.name}": correct / seen} if task.batch_metric else {}),
+                            lr=sched.get_last_lr()[0])
             if state["step"] % cfg.checkpoint_every == 0:
                 save_resume()
         if device.type == "cuda":

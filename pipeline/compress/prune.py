@@ -68,9 +68,10 @@ def traced_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     return order
 
 
-def protected_layers(model: nn.Module, example: torch.Tensor, cfg: PruneConfig) -> list[str]:
+def protected_layers(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, head_layers: bool = False) -> list[str]:
     """Layers never pruned: the classifier (last conv/linear called), the stem (first, with
-    `ignore_stem`) and `cfg.ignore`, which must name existing modules."""
+    `ignore_stem`) and `cfg.ignore`, which must name existing modules. `head_layers` (a detector):
+    every layer feeding the outputs directly too (each level's class and box convs keep their rows)."""
     names = dict(model.named_modules())
     unknown = [n for n in cfg.ignore if n not in names]
     if unknown:
@@ -80,6 +81,9 @@ def protected_layers(model: nn.Module, example: torch.Tensor, cfg: PruneConfig) 
     if not order:
         raise UserError("the model has no Conv/Linear layers that forward calls", "there is nothing to prune")
     auto = order[-1:] + (order[:1] if cfg.ignore_stem else [])
+    if head_layers:
+        from pipeline.compress.output_tail import torch_output_layers
+        auto += torch_output_layers(model, models.as_args(example))
     rnn, coupled = recurrent_coupled(model, example)
     if rnn:
         log.info("[prune] recurrent layers %s are not pruned (nor the layers coupled to them: %s): torch-pruning "

@@ -84,7 +84,8 @@ def rank(layers: Sequence[str], quantized: Quantized, reference: np.ndarray, y: 
 
 
 def fallback(order: Sequence[str], quantized: Quantized, reference: np.ndarray, y: np.ndarray,
-             budget: float, max_float_layers: int, all_int8: dict[str, float] | None = None, task=None) -> dict:
+             budget: float, max_float_layers: int, all_int8: dict[str, float] | None = None, task=None,
+             why: dict[str, str] | None = None) -> dict:
     """Greedy fallback: add layers from `order` (most sensitive first) to the float set until the
     accuracy drop vs `reference` is <= `budget`. `all_int8`: the `score` of the all-INT8 model if
     already measured (saves one build). The last `quantized` call is the chosen set, so the artifact
@@ -102,8 +103,9 @@ def fallback(order: Sequence[str], quantized: Quantized, reference: np.ndarray, 
             break
         kept.append(order[len(kept)])
     met = steps[-1]["accuracy_drop"] <= budget
-    reasons = [f"sensitivity rank {i}: with it in INT8 the drop was {steps[i - 1]['accuracy_drop'] * 100:.2f} pt "
-               f"> budget {budget * 100:.2f} pt" for i in range(1, len(kept) + 1)]
+    why = why or {}
+    reasons = [f"{why.get(kept[i - 1], f'sensitivity rank {i}')}: with it in INT8 the drop was "
+               f"{steps[i - 1]['accuracy_drop'] * 100:.2f} pt > budget {budget * 100:.2f} pt" for i in range(1, len(kept) + 1)]
     return {"budget": budget, "float_accuracy": ref_acc, "met": met,
             "accuracy_drop": steps[-1]["accuracy_drop"], "int8_accuracy_drop": steps[0]["accuracy_drop"],
             "float_layers": [{"layer": layer, "reason": why} for layer, why in zip(kept, reasons)],

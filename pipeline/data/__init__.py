@@ -1,6 +1,6 @@
 """Resolve `--data` specs into arrays.
 
-Forms: `fine-foods` (real review texts of Debian's r-cran-modeldata, tokenized with the bundled text
+Forms: `fashion-detect` (the bundled detection set, pipeline/data/fashion_detect.py), `fine-foods` (real review texts of Debian's r-cran-modeldata, tokenized with the bundled text
 model's vocabulary; pipeline/data/fine_foods.py), `fashion-mnist` (the default; Debian's `dataset-fashion-mnist` package, or a folder named by
 $EDGE_COMPRESS_FASHION_MNIST holding the four idx .gz files), `FILE.npz` (inputs `x_<split>` for one
 input or `<input>_<split>` per named input, e.g. input_ids_train + attention_mask_train; targets
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bundle.preprocess import normalize_image
-from pipeline.data import checks
+from pipeline.data import checks, detection_dirs
 from pipeline.data.inputs import InputSpec, Inputs, kind_of
 from pipeline.errors import UserError
 
@@ -229,10 +229,18 @@ def resolve_data(spec: str | None, mean=None, std=None, task=None) -> Dataset:
     elif spec == "fine-foods":
         from pipeline.data.fine_foods import dataset
         ds = dataset()
+    elif spec == "fashion-detect":
+        from pipeline.data.fashion_detect import dataset
+        ds = dataset()
     else:
         p = Path(spec)
         if p.suffix == ".npz" and p.is_file():
             ds = load_npz(p, task)
+        elif p.is_dir() and detection_dirs.kind(p):
+            if getattr(task, "name", None) != "detection":
+                raise UserError(f"{spec} is a {detection_dirs.kind(p).upper()} detection dataset",
+                                "pass --task detection")
+            ds = detection_dirs.load(p, task.cfg.input_size)
         elif p.is_dir():
             ds = load_image_dir(p)
         elif not p.exists():

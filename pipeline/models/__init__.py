@@ -33,6 +33,7 @@ DEFAULT_DIR = Path(__file__).parent / "default"
 DEFAULT_FACTORY = "pipeline/models/resnet.py:small_resnet"
 DEFAULT_WEIGHTS = DEFAULT_DIR / "teacher.pt"
 TEXT_DEFAULT_DIR = Path(__file__).parent / "text-default"       # the text-classification default (teacher.json)
+DETECT_DEFAULT_DIR = Path(__file__).parent / "detect-default"   # the detection default (teacher.json)
 # Layer attributes that carry channel counts; pruning changes them, rebuilding restores them.
 SHAPE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
                "normalized_shape", "groups", "num_channels", "num_groups", "embed_dim", "num_heads", "head_dim",
@@ -74,6 +75,9 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
             raise UserError("--weights does not apply to hf:DIR models", "drop --weights; the folder holds them")
         # No code of the folder runs (trust_remote_code stays off); its weights load as tensors.
         return ModelSpec("factory", Path(__file__).parent / "hf.py", "from_pretrained", None, trust, {"path": str(d)})
+    if spec == "detect-default":
+        return ModelSpec("factory", Path(__file__).parent / "detector.py", "tiny_yolo",
+                         Path(weights) if weights else DETECT_DEFAULT_DIR / "teacher.pt")
     if spec == "text-default":
         return ModelSpec("factory", Path(__file__).parent / "text_encoder.py", "text_encoder",
                          Path(weights) if weights else TEXT_DEFAULT_DIR / "teacher.pt")
@@ -94,7 +98,7 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
         check_trusted(p, trust)
         return ModelSpec("factory", p, factory, Path(weights) if weights else None, trusted=trust)
     raise UserError(f"cannot tell what model '{spec}' is",
-                    "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx, 'default' or 'text-default'")
+                    "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx, 'default', 'text-default' or 'detect-default'")
 
 
 def repo_code(path: Path) -> bool:

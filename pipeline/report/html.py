@@ -225,8 +225,9 @@ def _verdicts(report: dict) -> str:
 
 
 # ---------------------------------------------------------------- page
-def html(report: dict) -> str:
-    """The whole report as one self-contained HTML page (no scripts, no network)."""
+def html(report: dict, extra: str = "") -> str:
+    """The whole report as one self-contained HTML page (no scripts, no network); `extra`: a task's own
+    section (HTML), placed after the pruning section."""
     colors = _color_of(report)
     host = report.get("host", {})
     teacher = report.get("teacher_accuracy")
@@ -253,6 +254,7 @@ def html(report: dict) -> str:
         + "".join(_attribution(report, t) for t in report["targets"]) + "</section>",
         f'<section id="artifacts"><h2>All artifacts</h2>{_artifacts_table(report)}</section>',
         _pruning_section(report),
+        extra,
         f'<section id="stages"><h2>Stages</h2>{_stages_table(report)}'
         f'<p class="note">Toolchain: {_e(tools or "not recorded")}.</p></section>',
         f"<footer>Self-contained page: inline CSS and SVG, nothing loaded from the network. Schema "

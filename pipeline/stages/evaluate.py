@@ -80,11 +80,17 @@ class EvaluateStage(Stage):
                 t = art.get("threads") or threads
                 runner = backend.Runner(ctx.run_dir / art["path"], threads=t)
                 prog = Progress(f"evaluate {art['name']}", len(x), unit="sample")
-                row["metrics"] = task.evaluate(runner_outputs(runner, ds, x, e.batch_size, prog), y)
+                outputs = runner_outputs(runner, ds, x, e.batch_size, prog)
+                row["metrics"] = task.evaluate(outputs, y)
                 row["accuracy"] = row["metrics"][task.primary.name]     # the primary metric (report.json "metric")
+                row.update(task.details(outputs, y))
                 xb = runner.prepare(one)
                 lat = measure(lambda: runner.run_raw(xb), warmup=e.warmup, runs=e.runs, threads=t)
                 row.update({"latency_p50_ms": lat["p50_ms"], "latency_p90_ms": lat["p90_ms"], "latency": lat})
+                steps = task.pipeline_latency(lambda v: runner.run_raw(runner.prepare(v)), x[:1], ds.normalize,
+                                              min(e.warmup, 10), max(20, e.runs // 2), t)
+                if steps:
+                    row["pipeline_latency"] = steps
                 if shape_rows:
                     row["latency_by_shape"] = latency_by_shape(runner, shape_arrays, shape_rows, e, t, data_shapes, lat)
                 if hasattr(runner, "layout"):

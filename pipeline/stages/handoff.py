@@ -127,7 +127,9 @@ class HandoffStage(Stage):
             engine = backends.get(t.backend)
             runner = backends.require(art["backend"]).Runner(ctx.run_dir / art["file"], threads=t.threads)
             y = runner.run(x)
-            np.savez(tdir / "golden.npz", **golden_arrays(x), y=y, labels=ds.y_test[:GOLDEN_SAMPLES])
+            np.savez(tdir / "golden.npz", **golden_arrays(x), y=y, labels=ds.y_test[:GOLDEN_SAMPLES],
+                     **ctx.task.golden_extra(y))
+            task_section = ctx.task.manifest_section(ds)
             eval_slice = write_eval_slice(tdir, ds, ctx.config.handoff.eval_samples, runner, ctx.task)
             write_device_kit(tdir, t.backend)
             (tdir / "MODEL_CARD.md").write_text(model_card(ctx, t, art, quant, load, data_info, test_samples))
@@ -144,8 +146,10 @@ class HandoffStage(Stage):
                                       getattr(runner, "layout", "NCHW")),
                 "inputs": manifest_inputs(data_info.get("inputs", []), runner.io()["inputs"], dyn),
                 "task": data_info.get("task"),
-                "output": tensor_entry(meta.get("output"), "logits",
-                                       [data_info["input_shape"][0], len(data_info["classes"])], None),
+                "output": tensor_entry(meta.get("output"), "logits" if task_section is None else "outputs",
+                                       [data_info["input_shape"][0], len(data_info["classes"])] if task_section is None
+                                       else [data_info["input_shape"][0], *y.shape[1:]], None),
+                **({ctx.task.name: task_section} if task_section else {}),
                 "preprocessing": {"scale": 1 / 255 if data_info["stored_dtype"] == "uint8" else 1.0,
                                   "mean": data_info["mean"], "std": data_info["std"],
                                   "input_chw": list(data_info["input_shape"][1:]),
@@ -184,7 +188,10 @@ class HandoffStage(Stage):
                 output_name=manifest["output"]["name"], output_dtype=manifest["output"]["dtype"],
                 output_shape=manifest["output"]["shape"],
                 output_meaning=("logits for the labels in `manifest.json` (argmax = class)"
-                                if ctx.task.name in CLASSIFICATION_TASKS else f"the {ctx.task.name} task's outputs"),
+                                if ctx.task.name in CLASSIFICATION_TASKS else
+                                "raw detector outputs (layout, strides and thresholds in `manifest.json` "
+                                "`detection`); `postprocess.py` decodes them and runs NMS (numpy only)"
+                                if ctx.task.name == "detection" else f"the {ctx.task.name} task's outputs"),
                 quant_out=f"; dequantize: (q - {q_out['zero_point']}) * {q_out['scale']}" if q_out else "",
                 quantization=quantization_lines(t.backend, quant, quant.get("float_layers", [])),
                 files="\n".join(f"- `{n}`" for n in files) + "\n- `manifest.json`\n- `README.md`",

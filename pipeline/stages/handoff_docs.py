@@ -12,6 +12,7 @@ BUNDLE_SRC = Path(__file__).resolve().parents[1] / "bundle"
 # shipped verbatim in every target folder; numpy and the device's runtime are all they import
 DEVICE_KIT = {"run_on_device.py": BUNDLE_SRC / "run_on_device.py", "devicekit.py": BUNDLE_SRC / "devicekit.py",
               "preprocess.py": BUNDLE_SRC / "preprocess.py", "infer.py": BUNDLE_SRC / "infer.py",
+              "postprocess.py": BUNDLE_SRC / "postprocess.py",
               "hashing.py": BUNDLE_SRC.parent / "hashing.py"}
 EVAL_FILE = "eval.npz"
 RUNTIME = {"onnxruntime": "onnxruntime", "tflite": "ai-edge-litert (or tflite-runtime)",

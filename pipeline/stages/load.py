@@ -124,6 +124,7 @@ class LoadStage(Stage):
         torch.set_num_threads(2)
         with torch.no_grad():
             lat = measure(lambda: example.call(model), runs=ctx.config.load.latency_runs, threads=torch.get_num_threads())
+
         if spec.trainable:
             models.save_model(model, out / "model.pt")
         models.export_pt2(model, example, out / "model.pt2")

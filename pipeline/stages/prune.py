@@ -40,7 +40,7 @@ class PruneStage(Stage):
         teacher = models.load_model(spec, ctx.artifact("load", "model.pt"))
         example = ctx.example()
         base_macs, base_params = models.count_macs(teacher, example), models.count_params(teacher)
-        ignored = protected_layers(teacher, example, cfg)
+        ignored = protected_layers(teacher, example, cfg, head_layers=ctx.task.head_layers)
         setup = Setup(cfg.criterion, round_to(ctx), ignored, cfg.global_pruning, cfg.max_layer_ratio,
                       calibration_batches(ds, seed, 256, 64))
         kd = None

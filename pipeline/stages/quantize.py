@@ -35,6 +35,7 @@ import torch
 from pipeline import backends
 from pipeline.backends.base import QuantizeJob
 from pipeline.compress import dfq, sensitivity
+from pipeline.compress.output_tail import OUTPUT_TAIL
 from pipeline.config import Target
 from pipeline.errors import UserError
 from pipeline.runner import Context, Progress, Stage, log
@@ -94,16 +95,20 @@ class QuantizeStage(Stage):
             float_acc = task.score(eng.reference, held.y)
             over = task.primary.worse_by(float_acc, all_int8["accuracy"]) > budget
             ranked = None
-            if q.sensitivity or (q.fallback and over):
+            first = task.fallback_first(eng.output_layers)
+            if q.sensitivity or (q.fallback and over and not first):
                 prog = Progress(self.name, len(eng.layers), unit="sensitivity layer")
                 ranked = {**sensitivity.rank(eng.layers, eng.proxy, eng.reference, held.y, progress=prog.update,
                                              task=task),
                           "measured_with": eng.proxy_note}
             fb = None
             if q.fallback:
-                order = [r["layer"] for r in ranked["ranking"]] if ranked else []
+                ranked_order = [r["layer"] for r in ranked["ranking"]] if ranked else []
+                order = first + [layer for layer in ranked_order if layer not in first]
+                why = {layer: f"{task.name}: the ops after the head's last layers (decode)" if layer == OUTPUT_TAIL
+                       else f"{task.name}: a head output layer" for layer in first}
                 fb = sensitivity.fallback(order, shipped, eng.reference, held.y, budget, q.max_float_layers,
-                                          all_int8=all_int8, task=task)
+                                          all_int8=all_int8, task=task, why=why)
             drop = fb["accuracy_drop"] if fb else task.primary.worse_by(float_acc, all_int8["accuracy"])
             float_layers = fb["float_layers"] if fb else []
             log.info("[%s] INT8 %s drop %.4f vs the float model on %d held-out training samples (budget %.4f)%s",

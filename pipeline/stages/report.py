@@ -51,6 +51,7 @@ def artifact_rows(ctx: Context) -> tuple[list[dict], float | None]:
             **({"device_engine": True} if r.get("device_engine") else {}),
             **({"host_proxy_of": r["host_proxy_of"]} if r.get("host_proxy_of") else {}),
             **({"latency_by_shape": r["latency_by_shape"]} if r.get("latency_by_shape") else {}),
+            **{k: r[k] for k in ("per_class_ap", "examples", "pipeline_latency") if r.get(k) is not None},
         })
     for row in rows:
         if row["accuracy"] is not None and teacher_acc is not None:
@@ -125,8 +126,18 @@ class ReportStage(Stage):
             "toolchain": toolchain(),
         }
         report["stages"][self.name] = "ran"
+        extra = ""
+        if any(a.get("examples") is not None for a in artifacts):
+            from pipeline.report import detection
+            classes = ctx.data.classes
+            report["detection_picture"] = detection.draw(out / detection.PICTURE, ctx.data.x_test.single[:4],
+                                                         report, classes)
+            extra = detection.html_section(report, out, classes)
         schema.validate(report)
         write_json(out / "report.json", report)
-        (out / "report.md").write_text(render.markdown(report))
-        (out / "report.html").write_text(html.html(report))
+        md = render.markdown(report)
+        if extra:
+            md += "\n" + "\n".join(detection.markdown_lines(report, classes))
+        (out / "report.md").write_text(md)
+        (out / "report.html").write_text(html.html(report, extra))
         return {"artifacts_reported": len(artifacts), "budgets_met": {t["name"]: t["budgets_met"] for t in targets}}

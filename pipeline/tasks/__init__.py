@@ -1,4 +1,4 @@
-"""Tasks, one module each: `classification` (the default), `regression`, `text-classification`; or a user plug-in
+"""Tasks, one module each: `classification` (the default), `regression`, `text-classification`, `detection`; or a user plug-in
 `--task FILE.py:NAME` naming a `pipeline.tasks.base.Task` subclass (code outside this repository needs
 --trust-model, as for model files)."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pipeline.tasks.base import Metric, Task  # noqa: F401
 
 REGISTRY = {"classification": "pipeline.tasks.classification:Classification",
             "regression": "pipeline.tasks.regression:Regression",
-            "text-classification": "pipeline.tasks.text_classification:TextClassification"}
+            "text-classification": "pipeline.tasks.text_classification:TextClassification",
+            "detection": "pipeline.tasks.detection:Detection"}
 
 
 def resolve(spec: str, trust: bool = False) -> Task:

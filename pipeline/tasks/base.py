@@ -36,6 +36,39 @@ class Metric:
 class Task(ABC):
     name: ClassVar[str]
     metrics: ClassVar[tuple[Metric, ...]]         # the first is the primary metric: budgets and the gate use it
+    batch_metric: ClassVar[bool] = True           # cheap enough to score every training batch (progress lines)
+    head_layers: ClassVar[bool] = False           # several layers feed the outputs (a detector head): prune none of them
+
+    def configure(self, config) -> None:
+        """Read the task's own config section, if it has one (called once per run)."""
+
+    def details(self, outputs: np.ndarray, y: np.ndarray) -> dict:
+        """Extra per-artifact figures for the report (per-class AP, example detections, ...); none by default."""
+        return {}
+
+    def pipeline_latency(self, run, raw, normalize, warmup: int, runs: int, threads: int) -> dict | None:
+        """p50 of pre-processing, inference, post-processing and end to end on one raw sample, where the
+        task has steps around the model (a detector's letterbox and decode + NMS); None otherwise.
+        `run(model_input) -> outputs`, `normalize(raw) -> model input`."""
+        return None
+
+    def manifest_section(self, ds) -> dict | None:
+        """What the embedded engineer needs beyond inputs and outputs (a detector: layout, strides, letterbox,
+        thresholds, postprocess.py), as manifest.json's section named after the task; None: nothing."""
+        return None
+
+    def golden_extra(self, outputs: np.ndarray) -> dict:
+        """Arrays added to golden.npz from the deliverable's golden outputs (a detector: its boxes)."""
+        return {}
+
+    def fallback_first(self, output_layers: list[str]) -> list[str]:
+        """Layers the INT8 fallback keeps in float first, before any sensitivity ranking, given the weighted
+        layers feeding the outputs (engine names; pipeline/compress/output_tail.py has OUTPUT_TAIL)."""
+        return []
+
+    def cache_key(self) -> dict:
+        """The task's settings that change results (in every stage's fingerprint); none by default."""
+        return {}
 
     @property
     def primary(self) -> Metric:

@@ -141,14 +141,21 @@ def onnx_quantizer(job: base.QuantizeJob, build, proxy_method: str, symmetric: b
     def logits(path: Path) -> np.ndarray:
         return Runner(path, threads=t.threads).run(job.held_x)
 
+    from pipeline.compress.output_tail import OUTPUT_TAIL, onnx_tail
+    tail, heads = onnx_tail(load_onnx(onnx_in))
+
+    def nodes(float_layers: Sequence[str]) -> list[str]:
+        """Float layers as node names: OUTPUT_TAIL stands for every node after the output layers."""
+        return [n for f in float_layers for n in (tail if f == OUTPUT_TAIL else [f])]
+
     def proxy(float_layers: Sequence[str]) -> np.ndarray:
         quantize_int8(onnx_in, job.calib, job.tmp / "sensitivity.onnx", method=proxy_method,
-                      exclude_nodes=float_layers, activation_symmetric=symmetric, per_channel=job.per_channel)
+                      exclude_nodes=nodes(float_layers), activation_symmetric=symmetric, per_channel=job.per_channel)
         return logits(job.tmp / "sensitivity.onnx")
 
     from pipeline.compress.sensitivity import onnx_layers
-    return base.Quantizer(onnx_layers(onnx_in), reference, lambda float_layers: build(onnx_in, float_layers),
-                          logits, proxy, note, job.prepared)
+    return base.Quantizer(onnx_layers(onnx_in), reference, lambda float_layers: build(onnx_in, nodes(float_layers)),
+                          logits, proxy, note, job.prepared, heads)
 
 
 class OnnxRuntime(base.Engine):

@@ -191,8 +191,12 @@ class LiteRT(base.Engine):
             convert(float_layers, job.tmp / "sensitivity.tflite")
             return logits(job.tmp / "sensitivity.tflite")
 
+        from pipeline.compress.output_tail import torch_output_layers
+        from pipeline.models import as_args
+        heads = torch_output_layers(job.to_quantize, as_args(job.example))
         return base.Quantizer(torch_layers(job.to_quantize), reference, convert, logits, proxy,
-                              "the target's own converter (litert-torch PT2E, convert_int8 float_layers)", job.prepared)
+                              "the target's own converter (litert-torch PT2E, convert_int8 float_layers)", job.prepared,
+                              heads)
 
     def compile(self, job: base.CompileJob) -> dict:
         import shutil

@@ -90,14 +90,16 @@ def convert_int8(model: torch.nn.Module, example, calib, out_path: Path,
     calib = _check_calib(calib, example)
     layout = _layout_for(example, layout)
     float_layers = list(float_layers)
-    unknown = sorted(set(float_layers) - {name for name, _ in model.named_modules() if name})
+    from pipeline.compress.output_tail import OUTPUT_TAIL
+    unknown = sorted(set(float_layers) - {name for name, _ in model.named_modules() if name} - {OUTPUT_TAIL})
     if unknown:
         raise UserError(f"float_layers names modules the model does not have: {', '.join(unknown)}",
                         "use names from model.named_modules(), e.g. 'fc' or 'layers.3.conv2'")
 
     module, args = _with_layout(model, example, layout)
     prefix = "model."  # module paths inside our input wrapper
-    quantizer, method_note = _quantizer(method, [prefix + name for name in float_layers], per_channel)
+    quantizer, method_note = _quantizer(method, [prefix + name for name in float_layers if name != OUTPUT_TAIL],
+                                        per_channel, float_tail=OUTPUT_TAIL in float_layers)
     with _conversion_errors():
         log.info("[tflite] INT8 %s: torch.export, then calibrating %s observers on %d samples", Path(out_path).name,
                  method, len(calib))
@@ -250,8 +252,10 @@ def _export_for_calibration(module: torch.nn.Module, args: tuple) -> tuple[torch
         return torch.export.export(module, args).module(), 1
 
 
-def _quantizer(method: str, float_paths: list[str], per_channel: bool = True) -> tuple[Any, str]:
-    """litert-torch's PT2EQuantizer with our activation observer, leaving `float_paths` unannotated.
+def _quantizer(method: str, float_paths: list[str], per_channel: bool = True,
+               float_tail: bool = False) -> tuple[Any, str]:
+    """litert-torch's PT2EQuantizer with our activation observer, leaving `float_paths` unannotated (and,
+    with `float_tail`, every op after the last weighted layers: pipeline/compress/output_tail.py).
 
     `PT2EQuantizer.set_module_name` cannot express "keep float" (it asserts a config) and its module
     filter does not match torch 2.13's nn_module_stack keys, so module selection is done here.
@@ -264,12 +268,20 @@ def _quantizer(method: str, float_paths: list[str], per_channel: bool = True) ->
     act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=_ACT_EPS))
     config = dataclasses.replace(base, input_activation=act, output_activation=act)
 
+    tail: set = set()
+
     def quantize_node(node: torch.fx.Node) -> bool:
+        if node in tail:
+            return False
         paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
         return not any(p == f or p.startswith(f + ".") for p in paths for f in float_paths)
 
     class Quantizer(pq.PT2EQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            if float_tail:
+                from pipeline.compress.output_tail import fx_tail
+                tail.clear()
+                tail.update(fx_tail(model.graph)[0])
             for op in self.STATIC_OPS:
                 OP_TO_ANNOTATOR[op](model, self.global_config, quantize_node)
             propagate_annotation(model)
