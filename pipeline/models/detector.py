@@ -11,6 +11,7 @@ on every engine here).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,17 +42,20 @@ class Decode(nn.Module):
         self.strides, self.reg_max = tuple(strides), reg_max
         self.register_buffer("proj", torch.arange(reg_max, dtype=torch.float32), persistent=False)
 
+    def anchors(self, sizes) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2, A) cell centres and (A,) strides for the levels' (h, w), made with numpy: constants in every
+        export (no arange / meshgrid ops for a quantizer to meet)."""
+        pts, st = [], []
+        for (h, w), s in zip(sizes, self.strides):
+            gy, gx = np.meshgrid((np.arange(h) + 0.5) * s, (np.arange(w) + 0.5) * s, indexing="ij")
+            pts.append(np.stack([gx.reshape(-1), gy.reshape(-1)]))
+            st.append(np.full(h * w, float(s)))
+        return (torch.from_numpy(np.concatenate(pts, 1).astype(np.float32)),
+                torch.from_numpy(np.concatenate(st).astype(np.float32)))
+
     def forward(self, box_maps: list[torch.Tensor], cls_maps: list[torch.Tensor]) -> torch.Tensor:
         n = box_maps[0].shape[0]
-        points, strides = [], []
-        for m, s in zip(box_maps, self.strides):
-            h, w = m.shape[-2:]
-            ys = (torch.arange(h, dtype=torch.float32) + 0.5) * s
-            xs = (torch.arange(w, dtype=torch.float32) + 0.5) * s
-            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-            points.append(torch.stack([gx.reshape(-1), gy.reshape(-1)]))
-            strides.append(torch.full((h * w,), float(s)))
-        point, stride = torch.cat(points, 1), torch.cat(strides)
+        point, stride = self.anchors(tuple(tuple(int(d) for d in m.shape[-2:]) for m in box_maps))
         box = torch.cat([m.flatten(2) for m in box_maps], 2)                   # (N, 4R, A)
         dist = box.view(n, 4, self.reg_max, -1).softmax(2)
         ltrb = (dist * self.proj.view(1, 1, -1, 1)).sum(2) * stride           # (N, 4, A) px
