@@ -67,6 +67,7 @@ class Detection(Task):
                             "(N, anchors, 4 + classes) or (N, anchors, 5 + classes)",
                             "return the exported layout (as YOLOv8 or YOLOv5 export it), or write a task plug-in "
                             "(--task FILE.py:NAME) that decodes your outputs")
+        self.read_targets(ds.y_test, "test", ds.name)      # bundled and folder data are not read through an .npz
         self.num_classes = c
         self.layout = self.detect_layout(shape[1:], c)
 

@@ -64,7 +64,8 @@ def test_nms_per_class_and_layouts():
 
 class _Data:
     def __init__(self, classes):
-        self.classes, self.num_classes = [str(i) for i in range(classes)], classes
+        self.classes, self.num_classes, self.name = [str(i) for i in range(classes)], classes, "d"
+        self.y_test = np.array([[[0, 1, 1, 5, 5]]], np.float32)
 
 
 def test_layout_detected_or_refused():
