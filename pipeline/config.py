@@ -290,6 +290,8 @@ class DetectionConfig(Strict):
                                   "reference detections agreement is scored against")
     iou_threshold: float = Field(0.6, gt=0, le=1, description="per-class NMS IoU")
     max_detections: int = Field(100, ge=1, description="detections per image after NMS")
+    trt_nms: bool = Field(False, description="TensorRT targets: also ship model.int8.qdq.nms.onnx ending in the "
+                          "EfficientNMS_TRT plugin (not verified on the build host: no TensorRT)")
     input_size: int = Field(640, ge=32, le=4096, description="YOLO / COCO folders: images are letterboxed to "
                             "input_size x input_size")
 

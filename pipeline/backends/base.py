@@ -118,6 +118,7 @@ class CompileJob:
     choose: Callable[[Any, dict[str, str]], tuple[str, dict]]   # (engine, {precision: file}) -> choice, measured
     input_shapes: dict = field(default_factory=dict)             # {input: (1, ...)} from the data
     dynamic: Any = None                                          # the run's dynamic axes (data/shapes.Dynamic)
+    nms: Optional[dict] = None      # a detector asking for in-graph NMS: {layout, conf, iou, max_det}
 
 
 @dataclass

@@ -11,6 +11,8 @@ on every engine here).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -55,7 +57,9 @@ class Decode(nn.Module):
 
     def forward(self, box_maps: list[torch.Tensor], cls_maps: list[torch.Tensor]) -> torch.Tensor:
         n = box_maps[0].shape[0]
-        point, stride = self.anchors(tuple(tuple(int(d) for d in m.shape[-2:]) for m in box_maps))
+        with warnings.catch_warnings():   # a tracer warns that the sizes become constants: that is the intent
+            warnings.simplefilter("ignore")
+            point, stride = self.anchors(tuple(tuple(int(d) for d in m.shape[-2:]) for m in box_maps))
         box = torch.cat([m.flatten(2) for m in box_maps], 2)                   # (N, 4R, A)
         dist = box.view(n, 4, self.reg_max, -1).softmax(2)
         ltrb = (dist * self.proj.view(1, 1, -1, 1)).sum(2) * stride           # (N, 4, A) px

@@ -46,7 +46,7 @@ class CompileStage(Stage):
                          float_onnx=ctx.artifact(self.source, "model.onnx"),
                          torch_model=lambda: ctx.torch_model(self.source),
                          example=ctx.example(), input_shape=ctx.input_shape(),
-                         input_shapes=ctx.input_shapes(), dynamic=ctx.dynamic(),
+                         input_shapes=ctx.input_shapes(), dynamic=ctx.dynamic(), nms=ctx.task.in_graph_nms(ds.num_classes),
                          choose=lambda eng, candidates: self._choose(ctx, out, eng, candidates))
         return engine.compile(job)
 

@@ -61,6 +61,10 @@ class Task(ABC):
         """Arrays added to golden.npz from the deliverable's golden outputs (a detector: its boxes)."""
         return {}
 
+    def in_graph_nms(self, num_classes: int) -> dict | None:
+        """{layout, conf, iou, max_det} when the engine should end the graph with its own NMS; None: never."""
+        return None
+
     def fallback_first(self, output_layers: list[str]) -> list[str]:
         """Layers the INT8 fallback keeps in float first, before any sensitivity ranking, given the weighted
         layers feeding the outputs (engine names; pipeline/compress/output_tail.py has OUTPUT_TAIL)."""

@@ -199,6 +199,11 @@ class Detection(Task):
             return float("nan")
         return float(self.coco(outputs, ref)["map"])
 
+    def in_graph_nms(self, num_classes: int) -> dict | None:
+        c = self.cfg
+        return ({"layout": self.layout or c.output_layout, "classes": num_classes, "conf": c.conf_threshold,
+                 "iou": c.iou_threshold, "max_det": c.max_detections} if c.trt_nms else None)
+
     def fallback_first(self, output_layers: list[str]) -> list[str]:
         """The decode (every op after the head's last convs) first, then the head's output convs: what
         keeps INT8 detectors from collapsing (a pixel-box + score concat on one INT8 scale rounds the

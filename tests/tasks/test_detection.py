@@ -184,3 +184,36 @@ def test_output_tail_of_the_bundled_detector():
         tail, onnx_heads = onnx_tail(onnx.load(str(Path(d) / "m.onnx")))
     assert len(onnx_heads) == 6 and all(n.endswith("/Conv") for n in onnx_heads)
     assert tail and all("decode" in n or "Concat" in n for n in tail)
+
+
+def test_tensorrt_in_graph_nms_inputs_match_the_raw_output(tmp_path):
+    """The EfficientNMS_TRT copy cannot run here (no TensorRT, and ONNX Runtime has no kernel for it); what
+    is checked: the plugin node and its attributes, and that the boxes / scores it is fed are the raw
+    output's (the graph cut just before the plugin, run in ONNX Runtime)."""
+    import onnx
+    import torch
+
+    from pipeline.backends.onnxruntime import export_onnx
+    from pipeline.backends.tensorrt.nms import add_efficient_nms
+    from pipeline.models.detector import tiny_yolo
+    m = tiny_yolo().eval()
+    x = torch.randn(2, 1, 96, 96)
+    export_onnx(m, x[:1], tmp_path / "m.onnx")
+    meta = add_efficient_nms(tmp_path / "m.onnx", tmp_path / "nms.onnx", "auto", 10, 0.25, 0.6, 50)
+    assert meta["verified"] is False and meta["anchors"] == 189
+    g = onnx.load(str(tmp_path / "nms.onnx"))
+    nms = g.graph.node[-1]
+    assert nms.op_type == "EfficientNMS_TRT" and list(nms.input) == ["nms_boxes", "nms_scores"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nms.attribute}
+    assert attrs["box_coding"] == 1 and attrs["max_output_boxes"] == 50 and attrs["background_class"] == -1
+    del g.graph.node[-1]
+    g.graph.ClearField("output")
+    g.graph.output.extend([onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                           for n in ("nms_boxes", "nms_scores")])
+    onnx.save(g, str(tmp_path / "cut.onnx"))
+    import onnxruntime
+    sess = onnxruntime.InferenceSession(str(tmp_path / "cut.onnx"), providers=["CPUExecutionProvider"])
+    boxes, scores = sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})
+    raw = m(x[:1]).detach().numpy().transpose(0, 2, 1)
+    np.testing.assert_allclose(boxes, raw[..., :4], atol=1e-4)
+    np.testing.assert_allclose(scores, raw[..., 4:], atol=1e-5)

@@ -265,10 +265,16 @@ class TensorRT(base.Engine):
                      "backend": self.name, "precision": "int8+fp16" if t.tensorrt.fp16_fallback else "int8",
                      "target": t.name, "runs_here": ok, "device_engine": True,
                      "note": "built and timed here" if ok else f"to be built on device ({reason})"})
+        nms = None
+        if job.nms:
+            from pipeline.backends.tensorrt.nms import NMS_FILE, add_efficient_nms
+            nms = add_efficient_nms(job.out / onnx_name, job.out / NMS_FILE, **job.nms)
+            log.info("[%s] wrote %s (EfficientNMS_TRT in the graph; not verified here: %s)", job.stage, NMS_FILE,
+                     nms["why_not"])
         return {"backend": self.name, "engine": engine, "compat_problems": problems,
                 "deliverables": [onnx_name, "build_engine.sh", "build_engine.json", *device_files()]
-                + ([PLAN] if ok else []),
-                "artifacts": arts}
+                + ([PLAN] if ok else []) + ([nms["file"]] if nms else []),
+                "artifacts": arts, **({"in_graph_nms": nms} if nms else {})}
 
     def golden_tolerance(self, target, output_meta: dict) -> base.Tolerance:
         scale = output_meta.get("scale") if output_meta.get("dtype") == "int8" else None
