@@ -16,6 +16,7 @@ rows of one run, not runs with each other.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -89,12 +90,14 @@ def part2(run: Path, n_test: int) -> None:
                 print(f"| {name} | onnxruntime QDQ | {label} | {m['map']:.4f} | {m['map50']:.4f} | "
                       f"{(m['map'] - base['map']) * 100:+.2f} |", flush=True)
                 t = d / f"{name}-{len(exclude)}.tflite"
-                convert_int8(net, ex, calib, t, io_dtype="float32", float_layers=float_layers)
+                with contextlib.redirect_stdout(sys.stderr):     # the converter's progress lines
+                    convert_int8(net, ex, calib, t, io_dtype="float32", float_layers=float_layers)
                 m = task.evaluate(tfl.Runner(t, threads=2).run(x_te), y_te)
                 print(f"| {name} | LiteRT INT8 | {label} | {m['map']:.4f} | {m['map50']:.4f} | "
                       f"{(m['map'] - base['map']) * 100:+.2f} |", flush=True)
         # same runtime, end to end: FP32 teacher vs the INT8 student (output tail float) in LiteRT
-        convert_float(nets["teacher"], ex, d / "teacher.fp32.tflite")
+        with contextlib.redirect_stdout(sys.stderr):
+            convert_float(nets["teacher"], ex, d / "teacher.fp32.tflite")
         rows = {}
         for label, path in (("teacher FP32", d / "teacher.fp32.tflite"), ("student INT8", d / f"distilled student-{len(tail)}.tflite")):
             r = tfl.Runner(path, threads=2)
