@@ -65,7 +65,8 @@ def test_detection_refusals(tmp_path):
     assert r.returncode == 2 and "detection.output_layout=xywh-obj-scores does not fit" in last, r.stderr[-2000:]
     r = _run("run", "--task", "detection", "--model", "default", "--data", "fashion-mnist", "--target", "x86-cpu",
              "--out", str(tmp_path / "b"), "--until", "load", timeout=600)
-    assert r.returncode == 2 and "detection wants (N, M, 5)" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    assert r.returncode == 2 and "detection wants (N, 4 + classes, anchors)" in r.stderr.strip().splitlines()[-1], \
+        r.stderr[-2000:]
     r = _run("run", "--task", "classification", "--model", "detect-default", "--data", "fashion-detect",
              "--target", "x86-cpu", "--out", str(tmp_path / "c"), "--until", "load", timeout=600)
     assert r.returncode == 2, r.stderr[-2000:]
