@@ -18,15 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.compress.rowwise import error_steps, quantize_rows
+
 PER_ROW_VERSION = 4   # EMBEDDING_LOOKUP with a per-channel quantized table (TFLite op versioning)
-
-
-def quantize_row_wise(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 table, float32 scale per row): symmetric, scale = max|row| / 127 (1.0 for an all-zero row)."""
-    amax = np.abs(table).max(axis=1)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale
 
 
 def int8_embedding_tables(model: Any) -> list[dict]:
@@ -48,7 +42,7 @@ def int8_embedding_tables(model: Any) -> list[dict]:
                 continue
             seen.add(id(table))
             w = np.frombuffer(bytes(np.asarray(data, dtype=np.uint8)), dtype=np.float32).reshape(table.shape)
-            q, scale = quantize_row_wise(w)
+            q, scale = quantize_rows(w)
             model.buffers[table.buffer].data = np.frombuffer(q.tobytes(), dtype=np.uint8)
             table.type = fb.TensorType.INT8
             params = fb.QuantizationParametersT()
@@ -56,8 +50,7 @@ def int8_embedding_tables(model: Any) -> list[dict]:
             table.quantization = params
             model.operatorCodes[op.opcodeIndex].version = max(model.operatorCodes[op.opcodeIndex].version,
                                                                PER_ROW_VERSION)
-            err = np.abs(q.astype(np.float32) * scale[:, None] - w).max(axis=1) / scale
             done.append({"shape": [int(d) for d in table.shape], "float_bytes": int(w.nbytes),
                          "int8_bytes": int(q.nbytes + 12 * len(scale)),   # + float32 scale, int64 zero point
-                         "max_error_steps": round(float(err.max()), 3)})
+                         "max_error_steps": error_steps(w, q, scale)})
     return done
