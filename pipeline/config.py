@@ -233,7 +233,11 @@ class DistillConfig(Strict):
     checkpoint_every: int = Field(100, ge=1, description="steps between resume checkpoints", json_schema_extra=NOT_CACHED)
     feature_layers: list[str] = Field(default_factory=list, description=(
         "modules (shared by teacher and student) whose outputs are matched through learned adapters; "
-        "[\"auto\"] = the end of each spatial stage; [] = logits only"))
+        "[\"auto\"] = the end of each spatial stage; [\"blocks\"] = the hidden state of every encoder block "
+        "(transformers), matched to the teacher block layer_map names; [] = logits only"))
+    layer_map: Union[Literal["uniform"], list[int]] = Field("uniform", description=(
+        "with feature_layers=[\"blocks\"]: the teacher block each student block learns from; uniform: student "
+        "block i of Ls -> teacher block round((i+1)*Lt/Ls)-1, or a list of teacher block indices"))
     feature_weight: float = Field(1.0, ge=0, description="weight of the feature-matching MSE term")
     feature_cache_mb: int = Field(4096, ge=0, description="cache the teacher's features (fp16) up to this size; "
                                   "above it the teacher runs every step", json_schema_extra=NOT_CACHED)

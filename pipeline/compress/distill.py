@@ -8,7 +8,9 @@ student share by name (pruning keeps names, not widths). Where the widths differ
 maps the student's channels to the teacher's (1x1 conv for NCHW maps, linear for tokens/vectors); the
 adapters train with the student and are dropped afterwards: the shipped model does not contain them.
 `feature_layers = ["auto"]` picks, for every spatial resolution of the teacher, the module that
-finishes last at it (the end of each stage).
+finishes last at it (the end of each stage). `feature_layers = ["blocks"]` matches the hidden states of
+encoder stacks block by block, with `layer_map` saying which teacher block each student block learns
+from when the student has fewer (distill_layers.py).
 
 SGD with Nesterov momentum, linear warm-up then cosine decay, validation on a held-out slice of the
 training split each epoch (never the test split), best checkpoint kept, early stopping. Inputs are not
@@ -38,6 +40,7 @@ from pipeline import distributed
 from pipeline.errors import UserError
 from pipeline.models import as_args
 from pipeline.compress.accuracy import torch_accuracy
+from pipeline.compress.distill_layers import BLOCKS, block_pairs
 from pipeline.runner import Progress, log
 
 
@@ -91,9 +94,11 @@ class FeatureTap:
 
     def __init__(self, model: nn.Module, names: list[str]):
         self.out: dict[str, torch.Tensor] = {}
-        # clone(): a later in-place op (ReLU(inplace=True)) must not change what the loss reads
+        # clone(): a later in-place op (ReLU(inplace=True)) must not change what the loss reads; of a block
+        # that returns a tuple (a Hugging Face layer), the first element is its hidden state
         self._handles = [model.get_submodule(n).register_forward_hook(
-            lambda _m, _i, o, n=n: self.out.__setitem__(n, o.clone())) for n in names]
+            lambda _m, _i, o, n=n: self.out.__setitem__(n, (o[0] if isinstance(o, tuple) else o).clone()))
+            for n in names]
 
     def remove(self) -> None:
         for h in self._handles:
@@ -126,6 +131,14 @@ def auto_feature_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     return [name for name, _ in stage_end.values()]
 
 
+def feature_pairs(cfg, teacher: nn.Module, student: nn.Module, example) -> list[tuple[str, str]]:
+    """(student module, teacher module) pairs whose outputs are matched: the same name in both, or with
+    feature_layers = ["blocks"] every student encoder block and its teacher block (distill_layers.py)."""
+    if list(cfg.feature_layers) == [BLOCKS]:
+        return block_pairs(cfg.layer_map, teacher, student)
+    return [(n, n) for n in feature_layers(cfg, teacher, example)]
+
+
 def feature_layers(cfg, teacher: nn.Module, example: torch.Tensor) -> list[str]:
     names = list(cfg.feature_layers)
     if names == ["auto"]:
@@ -139,7 +152,7 @@ def feature_layers(cfg, teacher: nn.Module, example: torch.Tensor) -> list[str]:
     if unknown:
         hint = ", ".join(sorted(known, key=len)[:6])
         raise UserError(f"distill.feature_layers names modules the model does not have: {', '.join(unknown)}",
-                        f"use names from model.named_modules() (e.g. {hint}) or [\"auto\"]")
+                        f"use names from model.named_modules() (e.g. {hint}), [\"auto\"] or [\"blocks\"]")
     return names
 
 
@@ -194,7 +207,7 @@ def teacher_outputs(teacher: nn.Module, x: np.ndarray, ds, device: torch.device,
             prog.update(min(i + bs, len(x)))
     finally:
         tap.remove()
-    return torch.cat(logits), [torch.cat(feats[n]) for n in feats]
+    return torch.cat(logits), [torch.cat(feats[n]) for n in cached]   # a name twice (layer_map): twice
 
 
 def distill(teacher: nn.Module, student: nn.Module, example, ds, cfg, seed: int, device: torch.device,
@@ -207,21 +220,24 @@ def distill(teacher: nn.Module, student: nn.Module, example, ds, cfg, seed: int,
     if task is None:
         from pipeline.tasks import resolve
         task = resolve("classification")
-    names = feature_layers(cfg, teacher, example) if cfg.feature_layers else []
+    pairs = feature_pairs(cfg, teacher, student, example) if cfg.feature_layers else []
+    names, t_names = [s for s, _ in pairs], [t for _, t in pairs]   # student modules, the teacher's they match
     adapters, feat_shapes = {}, {}
     if names:
-        t_tap, s_tap = FeatureTap(teacher, names), FeatureTap(student, names)
+        t_tap, s_tap = FeatureTap(teacher, t_names), FeatureTap(student, names)
         with torch.no_grad():
             teacher(*as_args(example)), student.eval()(*as_args(example))
         t_tap.remove(), s_tap.remove()
-        for n in names:
-            adapters[n] = make_adapter(n, s_tap.out[n].shape, t_tap.out[n].shape)
-            feat_shapes[n] = {"student": list(s_tap.out[n].shape[1:]), "teacher": list(t_tap.out[n].shape[1:]),
+        for n, tn in pairs:
+            adapters[n] = make_adapter(n, s_tap.out[n].shape, t_tap.out[tn].shape)
+            feat_shapes[n] = {"student": list(s_tap.out[n].shape[1:]), "teacher": list(t_tap.out[tn].shape[1:]),
                               "adapter": type(adapters[n]).__name__,
                               "adapter_params": sum(p.numel() for p in adapters[n].parameters())}
+            if tn != n:
+                feat_shapes[n]["teacher_module"] = tn
         log.info("[distill] feature distillation at %s", ", ".join(
-            f"{n} ({'x'.join(map(str, v['student']))} -> {'x'.join(map(str, v['teacher']))}, {v['adapter']})"
-            for n, v in feat_shapes.items()))
+            f"{n}{'' if n == tn else ' <- teacher ' + tn} ({'x'.join(map(str, v['student']))} -> "
+            f"{'x'.join(map(str, v['teacher']))}, {v['adapter']})" for (n, tn), v in zip(pairs, feat_shapes.values())))
     torch.manual_seed(seed)  # adapters' init must not shift the student's data order
     wrapped = Distillee(student, names, adapters).to(device)
     teacher.to(device)
@@ -234,8 +250,8 @@ def distill(teacher: nn.Module, student: nn.Module, example, ds, cfg, seed: int,
     if names and not cache_features:
         log.info("[distill] teacher features need %.0f MB > distill.feature_cache_mb=%d: the teacher runs every "
                  "step", feat_bytes / 2**20, cfg.feature_cache_mb)
-    t_logits, t_feats = teacher_outputs(teacher, ds.x_train[tr_idx], ds, device, names, cache_features)
-    t_live = FeatureTap(teacher, names) if names and not cache_features else None
+    t_logits, t_feats = teacher_outputs(teacher, ds.x_train[tr_idx], ds, device, t_names, cache_features)
+    t_live = FeatureTap(teacher, t_names) if names and not cache_features else None
     x_val, y_val = ds.x_train[val_idx], ds.y_train[val_idx]
 
     steps_per_epoch = math.ceil(len(tr_idx) / cfg.batch_size)
@@ -308,7 +324,8 @@ def distill(teacher: nn.Module, student: nn.Module, example, ds, cfg, seed: int,
                 else:
                     with torch.no_grad():
                         teacher(*xb)
-                    tf = [t_live.out.pop(n) for n in names]
+                    tf = [t_live.out[n] for n in t_names]
+                    t_live.out.clear()
                 f_loss = feature_loss(s_feats, tf)
                 loss = loss + cfg.feature_weight * f_loss
                 state["feature_losses"].append(round(float(f_loss.detach()), 5))

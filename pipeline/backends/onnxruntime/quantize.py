@@ -14,6 +14,7 @@ from pipeline.backends.onnxruntime.common import (ACTIVATION_TYPE, ACTIVATION_TY
                                                   ENTROPY_NOTE, PERCENTILE, check_calibration, check_node_names,
                                                   cpu_session, input_dtypes, io_shapes, load_onnx, ort_module,
                                                   qdq_summary)
+from pipeline.backends.onnxruntime.embedding import int8_gather_tables
 from pipeline.errors import UserError
 from pipeline.hashing import sha256_file
 
@@ -56,7 +57,7 @@ def op_types_for(model) -> list[str] | None:
 def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str = "minmax",
                   per_channel: bool = True, exclude_nodes: Sequence[str] = (),
                   activation_symmetric: bool = False, reduce_range: bool = False,
-                  op_types: str | list[str] = "auto") -> dict:
+                  op_types: str | list[str] = "auto", int8_embeddings: bool = True) -> dict:
     """Static INT8 post-training quantization to a QDQ ONNX model for ONNX Runtime CPU.
 
     `op_types`: "auto" (the linears only in an attention graph, see ATTENTION_OPS; every op otherwise),
@@ -66,7 +67,9 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
     ACTIVATION_TYPE. `method` picks the calibration (minmax | percentile | entropy); `calib` is
     normalized inputs (Inputs, or one array for a single-input model); integer inputs (token ids, masks)
     are fed as they are and never quantized. Nodes named in `exclude_nodes` stay in float. `reduce_range`:
-    7-bit weights, for x86 CPUs without VNNI (pipeline/isa.py).
+    7-bit weights, for x86 CPUs without VNNI (pipeline/isa.py). `int8_embeddings`: embedding tables (float
+    initializers gathered by integer ids, which static QDQ leaves float) become int8 per row, dequantized
+    after the lookup (embedding.py); a Gather named in `exclude_nodes` keeps its table float.
     """
     ort = ort_module()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -104,6 +107,9 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
     finally:
         logging.getLogger().removeFilter(hint_filter)
     quantized = onnx.load(str(onnx_out))
+    tables = int8_gather_tables(quantized, set(excluded)) if int8_embeddings else []
+    if tables:
+        onnx.save(quantized, str(onnx_out))
     cpu_session(str(onnx_out))  # it must load in ONNX Runtime CPU
     return {
         "method": method,
@@ -121,6 +127,8 @@ def quantize_int8(onnx_in: Path, calib: np.ndarray, onnx_out: Path, method: str 
         "op_types_quantized": op_types or "all",
         **({"op_types_reason": "attention graph: linears in INT8; Softmax, LayerNorm, GELU, Adds and gathers float"}
            if op_types else {}),
+        **({"embedding_tables": {"int8": tables, "note": "int8 per row, dequantized after the Gather (Cast, Mul)"}}
+           if tables else {}),
         **qdq_summary(quantized),
         "onnxruntime": ort.__version__,
         "bytes": onnx_out.stat().st_size,

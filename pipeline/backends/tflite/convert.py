@@ -115,7 +115,9 @@ def convert_int8(model: torch.nn.Module, example, calib, out_path: Path,
         converted.training = False
         edge_model = litert_torch.convert(converted, args, quant_config=QuantConfig(pt2e_quantizer=quantizer))
         content = edge_model.model_content()
-    _write(content, Path(out_path), layout, float_io=io_dtype == "float32")
+    # Embedding tables go int8 per row after conversion (embedding.py) unless fallback keeps one float.
+    float_tables = [n for n in float_layers if isinstance(model.get_submodule(n), torch.nn.Embedding)]
+    tables = _write(content, Path(out_path), layout, float_io=io_dtype == "float32", int8_tables=not float_tables)
     meta = {**_int_note(example),
         "precision": "int8", "io_dtype": io_dtype, "layout": layout, "method": method,
         "method_note": method_note,
@@ -125,6 +127,9 @@ def convert_int8(model: torch.nn.Module, example, calib, out_path: Path,
         "activations": "int8 per-tensor affine",
         "calibration": {"samples": int(len(calib)), "batch": batch},
         "float_layers": float_layers,
+        "embedding_tables": {"int8": tables, "note": (
+            f"kept float32: {', '.join(float_tables)} in float_layers" if float_tables else
+            "int8 per row (hybrid EMBEDDING_LOOKUP v4: dequantized in the lookup, float32 output)")} if tables or float_tables else None,
     }
     return meta | _describe(Path(out_path)) | {"convert_s": round(time.perf_counter() - t0, 2)}
 
@@ -318,12 +323,16 @@ def _activation_observer(method: str) -> tuple[type, str]:
         f"activations to their {100 - PERCENTILE:g}/{PERCENTILE:g} percentiles over the calibration set")
 
 
-def _write(content: bytes, out_path: Path, layout: str, float_io: bool) -> None:
-    """Add our metadata entry (and float I/O if asked) to the converter's flatbuffer and write it."""
+def _write(content: bytes, out_path: Path, layout: str, float_io: bool, int8_tables: bool = False) -> list[dict]:
+    """Add our metadata entry (and float I/O, int8 embedding tables if asked) to the converter's flatbuffer
+    and write it; returns the tables made int8."""
     from ai_edge_litert import schema_py_generated as fb
     from ai_edge_litert.tools import flatbuffer_utils
 
+    from pipeline.backends.tflite.embedding import int8_embedding_tables
+
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    tables = int8_embedding_tables(model) if int8_tables else []
     if float_io:
         _add_float_io(model)
     buffer = fb.BufferT()
@@ -335,6 +344,7 @@ def _write(content: bytes, out_path: Path, layout: str, float_io: bool) -> None:
     model.metadata = [*(model.metadata or []), entry]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return tables
 
 
 def _add_float_io(model: Any) -> None:
