@@ -417,7 +417,8 @@ def run_pipeline(run_dir: Path, config: RunConfig, targets: list[Target], until:
     from pipeline.data import resolve_data
     from pipeline.stages import ORDER, kind, plan
 
-    ctx = Context(run_dir, config, targets, lambda: resolve_data(config.data, config.mean, config.std, ctx.task))
+    ctx = Context(run_dir, config, targets, lambda: resolve_data(config.data, config.mean, config.std, ctx.task,
+                                                                 config.preprocess, run_dir / ".data-cache"))
     spec = ctx.model_spec()
     if until and until not in ORDER:
         raise UserError(f"--until {until}: no such stage", f"use one of {', '.join(ORDER)}")

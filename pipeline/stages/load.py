@@ -91,7 +91,8 @@ class LoadStage(Stage):
                      "inputs": [i.as_dict() for i in ds.specs], "input_shape": shape,
                      "layout": "NCHW" if first.kind == "image" else None, "dtype": "float32", "mean": list(ds.mean),
                      "std": list(ds.std), "classes": ds.classes, "train": len(ds.x_train), "test": len(ds.x_test),
-                     "stored_dtype": first.dtype, "task": task.describe()}
+                     "stored_dtype": first.dtype, "task": task.describe(),
+                     **{k: ds.meta[k] for k in ("preprocessing", "class_order", "files") if k in ds.meta}}
         write_json(out / "data.json", data_info)
         metrics: dict = {"model": spec.label, "kind": spec.kind, "input_shape": shape, "data": data_info["name"],
                          "classes": ds.num_classes, "task": task.describe(), "inputs": data_info["inputs"]}
