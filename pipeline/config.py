@@ -101,6 +101,9 @@ class Target(Strict):
     threads: int = Field(2, ge=1)
     io_dtype: Literal["float32", "int8"] = "float32"
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    float_fallback: bool = Field(False, description=(
+        "when no INT8 configuration meets the accuracy budget, ship the FP32 artifact (ONNX Runtime, TFLite) and "
+        "say so; false: such a run ends with exit 1"))
     budgets: Budgets = Budgets()
     device: DeviceFacts
     tensorrt: Optional[TensorRTOptions] = None
