@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--name", help="default <data>-<size>")
     c.add_argument("--out-dir", default=None, help="default calibration/")
+    c.add_argument("--set", action="append", default=[], metavar="preprocess.KEY=VALUE",
+                   help="the run's preprocess settings for an image folder, e.g. --set preprocess.preset=imagenet")
 
     cf = sub.add_parser("config", help="show every run setting with its default and help (show) or its JSON schema")
     cf.add_argument("action", choices=["show", "schema"], help="show: a table; schema: the JSON schema of the config")
@@ -159,7 +161,10 @@ def cmd_targets(a) -> int:
 def cmd_calibrate(a) -> int:
     from pipeline.compress import calibration
     from pipeline.data import resolve_data
-    ds = resolve_data(a.data)
+    from pipeline.config import build_run_config
+    pre = build_run_config(None, {}, a.set).preprocess
+    # an image folder is decoded in RAM here (no run folder); the set holds only the samples drawn
+    ds = resolve_data(a.data, preprocess=pre)
     kwargs = {"out_dir": Path(a.out_dir)} if a.out_dir else {}
     man, written = calibration.build_set(ds, a.size, a.seed, a.name, **kwargs)
     data = json.loads(man.read_text())["file"]

@@ -101,6 +101,9 @@ class Target(Strict):
     threads: int = Field(2, ge=1)
     io_dtype: Literal["float32", "int8"] = "float32"
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    float_fallback: bool = Field(False, description=(
+        "when no INT8 configuration meets the accuracy budget, ship the FP32 artifact (ONNX Runtime, TFLite) and "
+        "say so; false: such a run ends with exit 1"))
     budgets: Budgets = Budgets()
     device: DeviceFacts
     tensorrt: Optional[TensorRTOptions] = None
@@ -270,6 +273,30 @@ class QuantizeConfig(Strict):
                             "7-bit weights, reduce_range); false: the runtime's defaults (pipeline/isa.py)")
 
 
+class PreprocessConfig(Strict):
+    preset: Optional[Literal["imagenet", "tf", "inception"]] = Field(None, description=(
+        "photos (--data DIR): imagenet = resize 256, crop 224, RGB, ImageNet mean/std; tf / inception = "
+        "256 / 224, RGB, x / 127.5 - 1; the other settings override its values"))
+    resize: Optional[int] = Field(None, ge=1, description="resize each image's shorter side to this (bilinear); "
+                                  "default: the preset's, else kept")
+    crop: Optional[list[int]] = Field(None, min_length=1, max_length=2, description=(
+        "centre crop [size] or [h, w] after resize; default: the preset's, else none (all images one size)"))
+    color: Optional[Literal["rgb", "bgr", "gray"]] = Field(None, description=(
+        "channel order the model takes; default: the preset's, else gray when every file is gray, rgb otherwise"))
+    class_map: Optional[str] = Field(None, description=(
+        "file giving the model's class order when folder names are not it: .txt (line i = the folder of "
+        "class i) or .json ({folder: index}); default: sorted folder names"))
+    decode_batch: int = Field(64, ge=1, description="images decoded at a time (peak memory)",
+                              json_schema_extra=NOT_CACHED)
+
+    @field_validator("crop")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and any(int(d) < 1 for d in v):
+            raise ValueError("crop sizes must be >= 1")
+        return v
+
+
 class EvaluateConfig(Strict):
     test_limit: Optional[int] = Field(None, ge=1, description="evaluate on the first N test samples")
     warmup: int = Field(20, ge=0, description="untimed runs before timing")
@@ -301,6 +328,8 @@ class DetectionConfig(Strict):
 
 
 DETECTION_DEFAULTS = {"prune": {"macs_reduction": 0.3},
+                      # the output tail + the six head convs of a three-level detector may all stay float
+                      "quantize": {"max_float_layers": 7},
                       "distill": {"epochs": 30.0, "lr": 0.05, "temperature": 1.0, "patience": 8,
                                   "feature_layers": ["auto"]}}
 
@@ -327,6 +356,7 @@ class RunConfig(Strict):
     prune: PruneConfig = PruneConfig()
     distill: DistillConfig = DistillConfig()
     quantize: QuantizeConfig = QuantizeConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     handoff: HandoffConfig = HandoffConfig()
     detection: DetectionConfig = DetectionConfig()

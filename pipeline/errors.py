@@ -14,3 +14,9 @@ class UserError(Exception):
 
     def line(self) -> str:
         return f"error: {self.problem}" + (f" -- fix: {self.fix}" if self.fix else "")
+
+
+class BudgetMissed(UserError):
+    """The run finished, but a deliverable misses its accuracy budget: not a success (exit 1)."""
+
+    exit_code = 1

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from pipeline import __version__
 from pipeline.config import RunConfig, Target
-from pipeline.errors import UserError
+from pipeline.errors import BudgetMissed, UserError
 from pipeline.hashing import sha256_file, sha256_json
 
 STAGE_RECORD = "stage.json"
@@ -420,7 +420,8 @@ def run_pipeline(run_dir: Path, config: RunConfig, targets: list[Target], until:
     from pipeline.data import resolve_data
     from pipeline.stages import ORDER, kind, plan
 
-    ctx = Context(run_dir, config, targets, lambda: resolve_data(config.data, config.mean, config.std, ctx.task))
+    ctx = Context(run_dir, config, targets, lambda: resolve_data(config.data, config.mean, config.std, ctx.task,
+                                                                 config.preprocess, run_dir / ".data-cache"))
     spec = ctx.model_spec()
     if until and until not in ORDER:
         raise UserError(f"--until {until}: no such stage", f"use one of {', '.join(ORDER)}")
@@ -458,16 +459,37 @@ def run_pipeline(run_dir: Path, config: RunConfig, targets: list[Target], until:
                 run_stage(s, ctx, force=force)
             if kind(stages[last].name) in ("report", "handoff"):
                 _publish_report(run_dir)
+            missed = int8_misses(ctx, stages[: last + 1])
             cached = sum(v == "cached" for v in ctx.statuses.values())
             report = run_dir / "report.html"
             log.info("finished in %.1fs (%d stages ran, %d cached); %s", time.monotonic() - t0,
                      len(ctx.statuses) - cached, cached,
                      f"report: {report} (and report.md, report.json)" if report.is_file() else f"run folder: {run_dir}")
+        if missed:
+            raise BudgetMissed("; ".join(missed), "raise budgets.max_accuracy_drop or quantize.max_float_layers, try "
+                               "quantize.equalize / quantize.bias_correction, or set float_fallback = true in the "
+                               "target to ship FP32; the bundle written is not fit to ship")
     finally:
         if not told_workers:
             distributed.broadcast(False)  # release the other ranks: distill will not run
         distributed.shutdown()
     return ctx
+
+
+def int8_misses(ctx: Context, stages: list[Stage]) -> list[str]:
+    """A line per target whose shipped deliverable is INT8 although no INT8 configuration met its budget."""
+    from pipeline.report.schema import int8_budget_miss
+    ran = {s.name for s in stages}
+    lines = []
+    for t in ctx.targets:
+        if f"quantize-{t.name}" not in ran:
+            continue
+        line = int8_budget_miss(ctx.record(f"quantize-{t.name}")["metrics"])
+        shipped = ctx.record(f"compile-{t.name}")["metrics"].get("precision") if f"compile-{t.name}" in ran else None
+        if line and shipped != "fp32":
+            lines.append(f"{t.name}: {line}")
+            log.warning("[%s] %s", t.name, line)
+    return lines
 
 
 def resume_notice(run_dir: Path, stages: list[Stage], force: bool) -> list[str]:

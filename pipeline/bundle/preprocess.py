@@ -1,4 +1,4 @@
-"""The model's input preprocessing as code: numpy only. Shipped verbatim in every hand-off bundle, and the
+"""The model's input preprocessing as code: numpy (and Pillow to decode files at real size). Shipped verbatim in every hand-off bundle, and the
 very function the pipeline normalizes with (pipeline.data.normalize is `normalize_image`), so a device
 that preprocesses with this file feeds the model what it was trained, calibrated and evaluated on.
 
@@ -14,6 +14,14 @@ Steps, in order (each one says what the training data had, from manifest.json's 
 4. scale (uint8 / 255 for uint8 images; floats as stored) and normalize (x - mean) / std per channel,
    float32, NCHW.
 Integer inputs (token ids, masks) are never normalized; other float inputs are passed as stored.
+
+Real-size photos (an image folder read with a preset or resize/crop, manifest "preprocessing" with
+"resize" / "crop" / "color"): `load_image(path_or_frame, pre)` decodes with Pillow, converts to RGB
+(or L), resizes the shorter side to `resize` (bilinear, Pillow's antialiasing filter), centre-crops
+`crop` = (h, w), flips to BGR when `color` is "bgr", and returns CHW uint8: exactly what the pipeline
+stored, calibrated and evaluated on (it decodes folders with this function). `prepare` then uses it for
+such manifests. Presets (PRESETS): imagenet (256 / 224, RGB, ImageNet mean/std), tf and inception
+(256 / 224, RGB, x / 127.5 - 1, i.e. mean 0.5 std 0.5 on the 0..1 scale).
 """
 from __future__ import annotations
 
@@ -21,6 +29,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+# Presets of preprocessing for photos: what the model was trained with (torchvision / TF conventions).
+PRESETS = {
+    "imagenet": {"resize": 256, "crop": [224, 224], "color": "rgb",
+                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "tf": {"resize": 256, "crop": [224, 224], "color": "rgb", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    "inception": {"resize": 256, "crop": [224, 224], "color": "rgb", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+}
+COLORS = ("rgb", "bgr", "gray")
 
 
 def normalize_image(x: np.ndarray, mean, std) -> np.ndarray:
@@ -89,12 +106,56 @@ def to_channels(img: np.ndarray, channels: int, bgr: bool = False) -> np.ndarray
 
 def prepare(frame: np.ndarray, pre: dict, bgr: bool = False) -> np.ndarray:
     """One frame (H, W[, C]; uint8 0..255 or float 0..1) -> the model's (1, C, h, w) float32 input."""
+    if pre.get("resize") or pre.get("crop"):    # photos decoded as load_image stored them
+        if frame.dtype != np.uint8:
+            frame = np.clip(np.round(frame * 255.0), 0, 255).astype(np.uint8)
+        if bgr and frame.ndim == 3 and frame.shape[2] >= 3:
+            frame = np.ascontiguousarray(frame[..., 2::-1])
+        return normalize_image(load_image(frame, pre)[None], pre["mean"], pre["std"])
     c, h, w = pre["input_chw"]
     was_uint8 = frame.dtype == np.uint8
-    img = resize_crop(to_channels(frame, c, bgr), h, w)
+    img = resize_crop(to_channels(frame, c, bgr != (pre.get("color") == "bgr")), h, w)
     if was_uint8:      # back on the 0..255 scale of the stored data, rounded as an image would be
         img = np.clip(np.round(img), 0, 255).astype(np.uint8)
     return normalize_image(np.ascontiguousarray(img.transpose(2, 0, 1))[None], pre["mean"], pre["std"])
+
+
+def load_image(src, pre: dict) -> np.ndarray:
+    """An image file (path) or frame ((H, W[, C]) uint8 RGB array, or a PIL image) -> (C, h, w) uint8 as the
+    pipeline stored it: Pillow decode, to RGB / L, shorter side resized to pre["resize"] (None: kept),
+    centre crop to pre["crop"] (None: kept), channels flipped to BGR for color "bgr"."""
+    from PIL import Image
+    color = pre.get("color", "rgb")
+    if isinstance(src, np.ndarray):
+        img = Image.fromarray(src[..., 0] if src.ndim == 3 and src.shape[2] == 1 else src)
+    elif isinstance(src, Image.Image):
+        img = src
+    else:
+        img = Image.open(src)
+    with img:
+        img = img.convert("L" if color == "gray" else "RGB")
+        resize, crop = pre.get("resize"), pre.get("crop")
+        if resize:
+            w, h = img.size
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = int(resize), int(int(resize) * long / short)
+            size = (new_short, new_long) if w <= h else (new_long, new_short)
+            if size != img.size:
+                img = img.resize(size, Image.BILINEAR)
+        if crop:
+            ch, cw = int(crop[0]), int(crop[1])
+            w, h = img.size
+            if w < cw or h < ch:     # smaller than the crop: grow it to cover, as for a frame
+                k = max(cw / w, ch / h)
+                img = img.resize((max(cw, round(w * k)), max(ch, round(h * k))), Image.BILINEAR)
+                w, h = img.size
+            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+            img = img.crop((left, top, left + cw, top + ch))
+        arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if color == "bgr":
+        arr = arr[::-1]
+    return np.ascontiguousarray(arr)
 
 
 def load_manifest_preprocessing(manifest: str | Path) -> dict:

@@ -5,7 +5,8 @@ model's vocabulary; pipeline/data/fine_foods.py), `fashion-mnist` (the default; 
 $EDGE_COMPRESS_FASHION_MNIST holding the four idx .gz files), `FILE.npz` (inputs `x_<split>` for one
 input or `<input>_<split>` per named input, e.g. input_ids_train + attention_mask_train; targets
 y_train, y_test as the task reads them; optional `classes`, `mean`, `std`) and `DIR`
-(DIR/train/<class>/*.png and DIR/test/<class>/*.png).
+(DIR/train/<class>/* and DIR/test/<class>/*: photos of any size and format, or x_train.npy ... memory-mapped;
+pipeline/data/images.py).
 Inputs are kept as stored (pipeline/data/inputs.py); `normalize` turns a batch into model input.
 """
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Dataset:
             self.meta["_arrays_hash"] = h
         h = self.meta["_arrays_hash"].copy()
         h.update(repr((self.mean, self.std, self.classes)).encode())
+        if self.meta.get("preprocessing"):     # how files were decoded (colour order, resize, crop)
+            h.update(repr(sorted(self.meta["preprocessing"].items())).encode())
         return h.hexdigest()
 
     def normalize(self, x):
@@ -196,34 +199,12 @@ def load_npz(path: Path, task=None) -> Dataset:
     return Dataset(path.stem, x["train"], y["train"], x["test"], y["test"], classes, mean, std, source=str(path))
 
 
-def load_image_dir(root: Path) -> Dataset:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise UserError("reading an image folder needs Pillow", "pip install pillow, or pass --data FILE.npz") from None
-    splits = {}
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
-    if not classes:
-        raise UserError(f"{root}/train has no class folders", "lay images out as DIR/train/<class>/*.png and DIR/test/<class>/*.png")
-    mode = checks.image_mode(f for s in ("train", "test") for c in classes for f in sorted((root / s / c).glob("*.png")))
-    for split in ("train", "test"):
-        xs, ys = [], []
-        for ci, cls in enumerate(classes):
-            for f in sorted((root / split / cls).glob("*.png")):
-                xs.append(checks.read_image(f, mode))
-                ys.append(ci)
-        if not xs:
-            raise UserError(f"{root}/{split} has no .png images", "lay images out as DIR/<split>/<class>/*.png")
-        shapes = {x.shape for x in xs}
-        if len(shapes) > 1:
-            raise UserError(f"{root}/{split}: images differ in shape {sorted(shapes)[:3]}", "resize all images to one shape")
-        splits[split] = (np.stack(xs).astype(np.uint8), np.asarray(ys, np.int64))
-    checks.check_same_shape(str(root), splits["train"][0], splits["test"][0])
-    c = splits["train"][0].shape[1]
-    return Dataset(root.name, *splits["train"], *splits["test"], classes, (0.5,) * c, (0.5,) * c, source=str(root))
-
-
-def resolve_data(spec: str | None, mean=None, std=None, task=None) -> Dataset:
+def resolve_data(spec: str | None, mean=None, std=None, task=None, preprocess=None, cache_dir=None) -> Dataset:
+    """The Dataset a `--data` spec names. `preprocess`: the run's PreprocessConfig (image folders: resize, crop,
+    colour, class map; a preset's mean/std for any image data); `cache_dir`: where image folders are decoded."""
+    from pipeline.data import images
+    folder_only = [k for k in ("resize", "crop", "color", "class_map") if preprocess is not None and
+                   getattr(preprocess, k) is not None]
     if spec in (None, "", "fashion-mnist"):
         ds = load_fashion_mnist()
     elif spec == "fine-foods":
@@ -241,17 +222,28 @@ def resolve_data(spec: str | None, mean=None, std=None, task=None) -> Dataset:
                 raise UserError(f"{spec} is a {detection_dirs.kind(p).upper()} detection dataset",
                                 "pass --task detection")
             ds = detection_dirs.load(p, task.cfg.input_size)
+        elif p.is_dir() and images.is_npy_dir(p):
+            ds = images.load_npy_dir(p, preprocess)
         elif p.is_dir():
-            ds = load_image_dir(p)
+            ds = images.load_image_dir(p, preprocess, cache_dir)
+            folder_only = []
         elif not p.exists():
             raise UserError(f"data not found: {spec}", "pass --data FILE.npz, --data DIR, or omit it for Fashion-MNIST")
         else:
             raise UserError(f"unsupported data file: {spec}", "pass an .npz file or an image folder")
+    if folder_only:
+        raise UserError(f"preprocess.{folder_only[0]} applies to image folders, not to --data {spec}",
+                        "drop it, or pass --data DIR (DIR/train/<class>/*.jpg, DIR/test/...)")
+    if preprocess is not None and preprocess.preset and "preprocessing" not in ds.meta:
+        from pipeline.bundle.preprocess import PRESETS
+        if any(i.kind == "image" for i in ds.specs):
+            ds.mean, ds.std = tuple(PRESETS[preprocess.preset]["mean"]), tuple(PRESETS[preprocess.preset]["std"])
+            ds.meta["preprocessing"] = {"preset": preprocess.preset, "stored": "as the data file's arrays"}
     if mean is not None:
         ds.mean = tuple(mean)
     if std is not None:
         ds.std = tuple(std)
-    images = [i for i in ds.specs if i.kind == "image"]
-    if images:
-        checks.check_stats(ds.mean, ds.std, images[0].shape[0])
+    image_specs = [i for i in ds.specs if i.kind == "image"]
+    if image_specs:
+        checks.check_stats(ds.mean, ds.std, image_specs[0].shape[0])
     return ds

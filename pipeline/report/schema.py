@@ -125,12 +125,28 @@ def quantization_notes(quant_metrics: dict) -> list[str]:
         notes.append("INT8 weights are per-tensor (quantize.per_channel=false)")
     for f in quant_metrics.get("float_layers", []):
         notes.append(f"kept in {quant_metrics.get('float_precision', 'float')}: {f['layer']} ({f['reason']})")
-    if quant_metrics.get("budget_met") is False:
-        how = (f"with {len(fb['float_layers'])} layers in float (quantize.max_float_layers)" if fb
-               else "(quantize.fallback is off)")
-        notes.append(f"INT8 accuracy budget cannot be met: drop {quant_metrics['accuracy_drop_vs_float'] * 100:.2f} pt "
-                     f"vs the float model on held-out training samples > {quant_metrics['budget'] * 100:.2f} pt {how}")
+    miss = int8_budget_miss(quant_metrics)
+    if miss:
+        notes.append(miss)
     return notes
+
+
+def int8_budget_miss(quant_metrics: dict) -> str | None:
+    """One line when no INT8 configuration the quantize stage tried meets its accuracy budget: the drop,
+    the budget, the layers kept in float and the most sensitive layers; None when it was met."""
+    if quant_metrics.get("budget_met") is not False:
+        return None
+    fb = quant_metrics.get("fallback")
+    kept = [f["layer"] for f in quant_metrics.get("float_layers", [])]
+    how = (f"with {len(fb['float_layers'])} layers in float ({', '.join(kept) or 'none'}; quantize.max_float_layers)"
+           if fb else "(quantize.fallback is off)")
+    ranked = ((quant_metrics.get("sensitivity") or {}).get("ranking") or [])[:3]
+    worst = "; most sensitive layers: " + ", ".join(
+        f"{r['layer']} (INT8 drop {r['accuracy_drop'] * 100:.2f} pt with only it in float)" for r in ranked) if ranked else ""
+    held = (quant_metrics.get("heldout") or {}).get("samples")
+    return (f"INT8 accuracy budget cannot be met: drop {quant_metrics['accuracy_drop_vs_float'] * 100:.2f} pt vs the "
+            f"float model on {held or 'the'} held-out training samples > {quant_metrics['budget'] * 100:.2f} pt {how}"
+            f"{worst}")
 
 
 def target_summary(t, compile_metrics: dict, quant_metrics: dict, deliverable: dict | None,
@@ -152,7 +168,9 @@ def target_summary(t, compile_metrics: dict, quant_metrics: dict, deliverable: d
                      f"({deliverable['name'] if deliverable else 'none'}), its host time is not a device latency")
     from pipeline import backends
     notes += backends.get(t.backend).report_notes(t, compile_metrics, deliverable)
-    if compile_metrics.get("selection", {}).get("reason"):
+    if compile_metrics.get("selection", {}).get("float_fallback"):
+        notes.append(f"float fallback: {compile_metrics['selection']['reason']}")
+    elif compile_metrics.get("selection", {}).get("reason"):
         notes.append(f"precision auto chose {compile_metrics['precision']}: {compile_metrics['selection']['reason']}")
     for p in compile_metrics.get("compat_problems", []):
         notes.append(f"TensorRT compatibility: {p['node']} ({p['op']}): {p['message']}")

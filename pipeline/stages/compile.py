@@ -56,6 +56,12 @@ class CompileStage(Stage):
         that stays within the accuracy budget; returns it and what was measured."""
         t, ds = self.target, ctx.data
         choice, measured = ("int8" if t.precision == "int8" else "fp32"), {}
+        quant = ctx.record(self.inputs[0])["metrics"]
+        if t.precision in ("int8", "auto") and quant.get("budget_met") is False and t.float_fallback:
+            why = (f"no INT8 configuration meets the accuracy budget (drop {quant['accuracy_drop_vs_float'] * 100:.2f} pt "
+                   f"> {quant['budget'] * 100:.2f} pt on held-out samples): FP32 shipped (target float_fallback = true)")
+            log.warning("[%s] %s", self.name, why)
+            return "fp32", {"reason": why, "float_fallback": True}
         if t.precision == "auto":
             # Choose on held-out *training* samples outside the calibration set: the test split is only
             # for the report, and calibration samples would flatter INT8.

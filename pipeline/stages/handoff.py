@@ -94,6 +94,12 @@ def manifest_inputs(data_inputs: list[dict], runtime: list[dict], dyn) -> list[d
     return out
 
 
+def photo_steps(data_info: dict) -> dict:
+    """How photos were decoded (preprocess.load_image: preset, resize, crop, colour order), for image folders."""
+    pre = data_info.get("preprocessing") or {}
+    return {k: pre[k] for k in ("preset", "resize", "crop", "color", "interpolation") if k in pre}
+
+
 class HandoffStage(Stage):
     name = "handoff"
 
@@ -153,7 +159,8 @@ class HandoffStage(Stage):
                 "preprocessing": {"scale": 1 / 255 if data_info["stored_dtype"] == "uint8" else 1.0,
                                   "mean": data_info["mean"], "std": data_info["std"],
                                   "input_chw": list(data_info["input_shape"][1:]),
-                                  "formula": "x = (pixel * scale - mean) / std", "code": "preprocess.py"},
+                                  "formula": "x = (pixel * scale - mean) / std", "code": "preprocess.py",
+                                  **photo_steps(data_info)},
                 "eval": eval_slice,
                 "labels": data_info["classes"],
                 **({"tokenizer": tokenizer} if tokenizer else {}),

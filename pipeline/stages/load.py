@@ -64,6 +64,18 @@ def onnx_param_count(path: Path) -> int:
 log = logging.getLogger("pipeline")
 
 
+def cost_check(torch_matmul_macs: int, onnx_path: Path) -> dict:
+    """The ONNX graph's Conv/Gemm/MatMul MACs next to the torch counter's (pipeline/models/onnx_cost.py);
+    a difference over 1% is logged: one of the counters missed layers."""
+    from pipeline.models.onnx_cost import onnx_cost
+    cost = onnx_cost(onnx_path)
+    agree = None if cost["unresolved"] else abs(cost["macs"] - torch_matmul_macs) <= 0.01 * max(torch_matmul_macs, 1)
+    if agree is False:
+        log.warning("[load] MACs differ: the torch counter finds %d conv/linear/matmul MACs, the ONNX graph %d",
+                    torch_matmul_macs, cost["macs"])
+    return {**cost, "torch_matmul_macs": int(torch_matmul_macs), "agree": agree}
+
+
 class LoadStage(Stage):
     name = "load"
 
@@ -91,7 +103,8 @@ class LoadStage(Stage):
                      "inputs": [i.as_dict() for i in ds.specs], "input_shape": shape,
                      "layout": "NCHW" if first.kind == "image" else None, "dtype": "float32", "mean": list(ds.mean),
                      "std": list(ds.std), "classes": ds.classes, "train": len(ds.x_train), "test": len(ds.x_test),
-                     "stored_dtype": first.dtype, "task": task.describe()}
+                     "stored_dtype": first.dtype, "task": task.describe(),
+                     **{k: ds.meta[k] for k in ("preprocessing", "class_order", "files") if k in ds.meta}}
         write_json(out / "data.json", data_info)
         metrics: dict = {"model": spec.label, "kind": spec.kind, "input_shape": shape, "data": data_info["name"],
                          "classes": ds.num_classes, "task": task.describe(), "inputs": data_info["inputs"]}
@@ -135,10 +148,12 @@ class LoadStage(Stage):
         with torch.no_grad():
             ref = probe.call(model).float().numpy()
         diff = float(np.abs(runner.run(probe) - ref).max())
+        macs, parts = models.count_macs(model, example, breakdown=True)
         if diff > 1e-3 * max(1.0, float(np.abs(ref).max())):
             raise UserError(f"ONNX export of {spec.label} differs from torch by {diff:.3g}",
                             "report this model; the exporter mis-translated an op")
         metrics.update({"accuracy": scores[task.primary.name], "metrics": scores, "latency_p50_ms": lat["p50_ms"],
                         "latency_engine": "torch-eager", "params": models.count_params(model),
-                        "macs": models.count_macs(model, example), "onnx": onnx_meta, "onnx_max_abs_diff": diff})
+                        "macs": macs, "macs_matmul": parts["matmul"], "onnx": onnx_meta, "onnx_max_abs_diff": diff,
+                        "onnx_cost": cost_check(parts["matmul"], out / "model.onnx")})
         return metrics | {"artifacts": [teacher_artifact(metrics)]}

@@ -239,3 +239,40 @@ def test_tflite_per_tensor_with_equalization_and_auto_precision(run_cli, dw_load
     faster = "int8" if int8_ok and sel["int8"]["p50_ms"] < sel["fp32"]["p50_ms"] else "fp32"
     assert c["precision"] == faster
     assert c["deliverables"] == [{"int8": "model.int8.tflite", "fp32": "model.fp32.tflite"}[faster]]
+
+
+def test_a_budget_int8_cannot_meet_ends_the_run_with_exit_1_naming_layers_and_drop(run_cli, small_npz, models_dir,
+                                                                                    int8_target, tmp_path):
+    """Budget 0 on the outlier model with fallback off: no INT8 configuration can meet it. The run is not a
+    success: exit 1, one line with the drop and the budget, no traceback; the record and the report note
+    say the same."""
+    cal = models_dir / "small-128"
+    r = run_quantize(run_cli, models_dir / "outlier.onnx", small_npz, int8_target, tmp_path / "run",
+                     f"quantize.calibration={cal}", "quantize.max_drop=0", "quantize.fallback=false",
+                     "quantize.sensitivity=true", "quantize.heldout_samples=300")
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cpu-int8: INT8 accuracy budget cannot be met: drop ") and "> 0.00 pt" in last
+    assert "most sensitive layers: " in last and "float_fallback" in last and "Traceback" not in r.stderr
+    m = quant_record(tmp_path / "run")["metrics"]
+    assert m["budget_met"] is False and m["accuracy_drop_vs_float"] > 0
+    top = m["sensitivity"]["ranking"][0]["layer"]
+    assert top in last and any(top in n for n in quantization_notes(m))
+
+
+def test_float_fallback_target_ships_fp32_and_says_so(run_cli, small_npz, models_dir, int8_target, tmp_path):
+    cal = models_dir / "small-128"
+    target = tmp_path / "cpu-int8.toml"
+    target.write_text(int8_target.read_text().replace('precision = "int8"', 'precision = "int8"\nfloat_fallback = true'))
+    args = ["run", "--model", str(models_dir / "outlier.onnx"), "--data", str(small_npz), "--target", str(target),
+            "--out", str(tmp_path / "run"), "--until", "compile"]
+    for s in (f"quantize.calibration={cal}", "quantize.max_drop=0", "quantize.fallback=false",
+              "quantize.heldout_samples=300"):
+        args += ["--set", s]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    comp = json.loads((tmp_path / "run" / "compile-cpu-int8" / "stage.json").read_text())["metrics"]
+    assert comp["precision"] == "fp32" and comp["selection"]["float_fallback"]
+    assert "FP32 shipped" in r.stderr
+    summary = target_summary(load_target(str(target)), comp, quant_record(tmp_path / "run")["metrics"], None, None)
+    assert any(n.startswith("float fallback: ") for n in summary["notes"])
